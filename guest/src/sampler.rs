@@ -1,0 +1,224 @@
+//! The sampler: per-trace state keyed by trace id, the due-time queue, and the decision of due
+//! traces. This is everything the component does, callable natively (tests, the host's
+//! `validate` command) as well as from wasm.
+
+use hashbrown::HashMap;
+use hashbrown::hash_map::Entry;
+use tracekeeper_abi::{BatchReader, DecisionWriter, Record, SpanView, TraceId};
+
+use crate::completeness;
+use crate::config::ProcessorsConfig;
+use crate::interest::Interest;
+use crate::policy::{self, NamedPolicy, TraceFacts};
+use crate::schedule::DueQueue;
+use crate::trace::PendingTrace;
+use crate::verdict;
+
+/// Length of a trace id in a `decide-now` list.
+pub const TRACE_ID_LEN: usize = 16;
+
+/// The default tracekeeper sampler.
+///
+/// Time is the host's clock in Unix nanoseconds, passed to every call; the sampler has no clock
+/// of its own. Once decided, a trace is forgotten: spans of it that arrive later are the host's
+/// business (decision cache), and if they are ingested anyway they start a new trace.
+#[derive(Debug)]
+pub struct Sampler {
+    config: ProcessorsConfig,
+    policies: Vec<NamedPolicy>,
+    traces: HashMap<TraceId, PendingTrace>,
+    queue: DueQueue,
+    decision_wait: u64,
+    wait_after_root: Option<u64>,
+    first_match: bool,
+}
+
+/// Nanoseconds of a duration, saturating (durations are checked to fit at parse time).
+fn nanos(d: core::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Sampler {
+    /// Parses the JSON form of the `processors` section and builds the sampler. The error names
+    /// the offending key path.
+    pub fn configure(config_json: &str) -> Result<(Sampler, Interest), String> {
+        Sampler::from_config(ProcessorsConfig::from_json(config_json)?)
+    }
+
+    /// Builds the sampler from a parsed configuration.
+    pub fn from_config(config: ProcessorsConfig) -> Result<(Sampler, Interest), String> {
+        config.validate()?;
+        let ts = &config.tail_sampling;
+        let policies = policy::build_all(&ts.policies, "processors.tail_sampling.policies")?;
+        let sampler = Sampler {
+            policies,
+            traces: HashMap::new(),
+            queue: DueQueue::new(),
+            decision_wait: nanos(ts.decision_wait),
+            wait_after_root: ts.decision_wait_after_root_received.map(nanos),
+            first_match: ts.sample_on_first_match,
+            config,
+        };
+        Ok((sampler, Interest::for_current_policies()))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ProcessorsConfig {
+        &self.config
+    }
+
+    /// Number of traces waiting for a decision.
+    pub fn pending_traces(&self) -> usize {
+        self.traces.len()
+    }
+
+    /// Records a span-view batch received at `now`, then decides the traces due at `now`
+    /// (as [`Sampler::tick`]). A malformed batch is an error; the spans before the malformed
+    /// record have been recorded.
+    pub fn ingest(&mut self, batch: &[u8], now: u64) -> Result<Vec<u8>, String> {
+        let reader =
+            BatchReader::new(batch).map_err(|e| format!("malformed span batch header: {e}"))?;
+        for (i, record) in reader.enumerate() {
+            match record.map_err(|e| format!("malformed span batch at record {i}: {e}"))? {
+                Record::Resource(_) => {}
+                Record::Span(span) => self.add_span(&span, now),
+            }
+        }
+        Ok(self.tick(now))
+    }
+
+    fn add_span(&mut self, span: &SpanView<'_>, now: u64) {
+        let id = span.fixed.trace_id;
+        let trace = match self.traces.entry(id) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                let due = now.saturating_add(self.decision_wait);
+                self.queue.push(due, id);
+                v.insert(PendingTrace::new(now, due))
+            }
+        };
+        let had_root = trace.has_root();
+        trace.add_span(&span.fixed, span.trace_state, now);
+        if !had_root
+            && trace.has_root()
+            && let Some(wait) = self.wait_after_root
+        {
+            let due = now.saturating_add(wait);
+            if due < trace.due {
+                trace.due = due;
+                self.queue.push(due, id);
+            }
+        }
+    }
+
+    /// Decides every trace due at `now` (due time <= `now`), earliest first.
+    pub fn tick(&mut self, now: u64) -> Vec<u8> {
+        let mut out = DecisionWriter::new();
+        while let Some((due, id)) = self.queue.peek()
+            && due <= now
+        {
+            self.queue.pop();
+            self.decide_if_current(due, id, now, &mut out);
+        }
+        self.finish(out)
+    }
+
+    /// Decides the given traces now, due or not (`trace_ids`: 16 bytes each, concatenated).
+    /// Unknown ids are ignored; a list whose length is not a multiple of 16 is an error.
+    pub fn decide_now(&mut self, trace_ids: &[u8], now: u64) -> Result<Vec<u8>, String> {
+        if !trace_ids.len().is_multiple_of(TRACE_ID_LEN) {
+            return Err(format!(
+                "trace id list of {} bytes is not a whole number of {TRACE_ID_LEN}-byte ids",
+                trace_ids.len()
+            ));
+        }
+        let mut out = DecisionWriter::new();
+        for chunk in trace_ids.chunks_exact(TRACE_ID_LEN) {
+            let Ok(bytes) = <[u8; TRACE_ID_LEN]>::try_from(chunk) else {
+                continue;
+            };
+            let id = TraceId(bytes);
+            if let Some(trace) = self.traces.remove(&id) {
+                self.decide(id, trace, now, &mut out);
+            }
+        }
+        Ok(self.finish(out))
+    }
+
+    /// Decides every pending trace now, earliest due first (shutdown, instance replacement).
+    pub fn flush(&mut self, now: u64) -> Vec<u8> {
+        let mut out = DecisionWriter::new();
+        while let Some((due, id)) = self.queue.pop() {
+            self.decide_if_current(due, id, now, &mut out);
+        }
+        // Every pending trace has a current queue entry; this only guards that invariant.
+        let mut rest: Vec<TraceId> = self.traces.keys().copied().collect();
+        rest.sort_unstable();
+        for id in rest {
+            if let Some(trace) = self.traces.remove(&id) {
+                self.decide(id, trace, now, &mut out);
+            }
+        }
+        self.finish(out)
+    }
+
+    /// Decides `id` if the queue entry `(due, id)` is current (the trace is pending with that
+    /// due time); stale entries are ignored.
+    fn decide_if_current(&mut self, due: u64, id: TraceId, now: u64, out: &mut DecisionWriter) {
+        if let Entry::Occupied(o) = self.traces.entry(id)
+            && o.get().due == due
+        {
+            let trace = o.remove();
+            self.decide(id, trace, now, out);
+        }
+    }
+
+    fn decide(&mut self, id: TraceId, mut trace: PendingTrace, now: u64, out: &mut DecisionWriter) {
+        let report = completeness::check(&mut trace);
+        let facts = TraceFacts {
+            trace_id: id,
+            trace: &trace,
+            completeness: report.completeness,
+            now,
+        };
+        let v = verdict::evaluate(&mut self.policies, &facts, self.first_match);
+        let policy = v
+            .policy
+            .and_then(|i| self.policies.get(i))
+            .map_or("", |p| p.name.as_str());
+        out.push(
+            id,
+            v.decision,
+            report.completeness,
+            v.threshold,
+            policy,
+            report.missing.iter().map(String::as_str),
+            &[],
+        );
+    }
+
+    /// The earliest due time of a pending trace, or 0 when none is pending. Pops stale entries
+    /// off the top of the queue on the way.
+    fn next_due(&mut self) -> u64 {
+        while let Some((due, id)) = self.queue.peek() {
+            if self.traces.get(&id).is_some_and(|t| t.due == due) {
+                // 0 means "nothing pending" on the wire; a trace due at time 0 reports 1.
+                return due.max(1);
+            }
+            self.queue.pop();
+        }
+        0
+    }
+
+    fn finish(&mut self, out: DecisionWriter) -> Vec<u8> {
+        let next_due = self.next_due();
+        let traces = &self.traces;
+        self.queue.compact(traces.len(), |due, id| {
+            traces.get(id).is_some_and(|t| t.due == due)
+        });
+        out.finish(next_due)
+    }
+}
+
+#[cfg(test)]
+mod tests;
