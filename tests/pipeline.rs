@@ -1,0 +1,550 @@
+//! End-to-end tests of the span pipeline: the real `tracekeeper` binary on loopback ports, fed by
+//! the OpenTelemetry Rust SDK (OTLP gRPC and HTTP/protobuf), by hand-written OTLP JSON and by raw
+//! protobuf requests, read back through a real OTLP/gRPC receiver and through the file exporter.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use prost::Message as _;
+
+/// How the SDK sends its spans to the host.
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// What one SDK session sent: an error trace, an orphan trace (whose parent never arrives, with
+/// the id of that parent) and a complete OK trace.
+struct SdkTraces {
+    error: SentTrace,
+    orphan: SentTrace,
+    orphan_parent: [u8; 8],
+    ok: SentTrace,
+}
+
+/// Sends the three traces with the OpenTelemetry SDK (resource `service.name` = `service`, tracer
+/// scope = `scope`) over `transport`, and flushes; panics if the SDK reports an export failure.
+fn send_with_sdk(
+    runtime: &tokio::runtime::Runtime,
+    host: &Host,
+    transport: Transport,
+    service: &str,
+    scope: &str,
+) -> SdkTraces {
+    let exporter = match transport {
+        Transport::Grpc => {
+            // The tonic channel spawns its worker on the runtime it is built in.
+            let _guard = runtime.enter();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(host.grpc_url())
+                .build()
+                .expect("build the OTLP gRPC span exporter")
+        }
+        Transport::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(host.http_url("/v1/traces"))
+            .build()
+            .expect("build the OTLP HTTP span exporter"),
+    };
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service.to_owned())
+                .build(),
+        )
+        .build();
+    let tracer = provider.tracer(scope.to_owned());
+    let ids = |cx: &Context| {
+        let sc = cx.span().span_context().clone();
+        (sc.trace_id().to_bytes(), sc.span_id().to_bytes())
+    };
+
+    // An error trace: root "checkout" with a child "charge" whose status is Error.
+    let root = Context::new().with_span(tracer.start_with_context("checkout", &Context::new()));
+    let mut child = tracer.start_with_context("charge", &root);
+    child.set_attribute(KeyValue::new("payment.provider", "acme"));
+    child.set_status(Status::error("card declined"));
+    let child_ids = (
+        child.span_context().trace_id().to_bytes(),
+        child.span_context().span_id().to_bytes(),
+    );
+    child.end();
+    let (trace_id, root_id) = ids(&root);
+    root.span().end();
+    let mut error = SentTrace::new(trace_id);
+    error.add(root_id, service, scope);
+    error.add(child_ids.1, service, scope);
+
+    // An orphan trace: a child (and its own child) of a remote parent that is never sent.
+    let orphan_trace = TraceId::from_bytes(new_trace_id());
+    let orphan_parent = new_span_id();
+    let remote = SpanContext::new(
+        orphan_trace,
+        SpanId::from_bytes(orphan_parent),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    let parent_cx = Context::new().with_remote_span_context(remote);
+    let orphan_child = parent_cx.with_span(tracer.start_with_context("consume", &parent_cx));
+    let grandchild = tracer.start_with_context("store", &orphan_child);
+    let grandchild_id = grandchild.span_context().span_id().to_bytes();
+    drop(grandchild); // dropping an SDK span ends it
+    let (trace_id, child_id) = ids(&orphan_child);
+    assert_eq!(
+        trace_id,
+        orphan_trace.to_bytes(),
+        "the SDK kept the remote trace id"
+    );
+    orphan_child.span().end();
+    let mut orphan = SentTrace::new(trace_id);
+    orphan.add(child_id, service, scope);
+    orphan.add(grandchild_id, service, scope);
+
+    // A complete OK trace.
+    let root = Context::new().with_span(tracer.start_with_context("browse", &Context::new()));
+    let mut child = tracer.start_with_context("render", &root);
+    child.set_status(Status::Ok);
+    let child_id = child.span_context().span_id().to_bytes();
+    child.end();
+    let (trace_id, root_id) = ids(&root);
+    root.span().end();
+    let mut ok = SentTrace::new(trace_id);
+    ok.add(root_id, service, scope);
+    ok.add(child_id, service, scope);
+
+    provider.force_flush().unwrap_or_else(|e| {
+        panic!(
+            "SDK export over {transport:?} failed: {e}\n--- host stderr ---\n{}",
+            host.stderr()
+        )
+    });
+    provider.shutdown().expect("SDK shutdown");
+    SdkTraces {
+        error,
+        orphan,
+        orphan_parent,
+        ok,
+    }
+}
+
+/// With the baseline at 0%, the SDK's error and orphan traces come out whole and tagged through
+/// the OTLP gRPC exporter, over both receiving protocols; the complete OK traces never do.
+#[test]
+fn sdk_traces_errors_and_orphans_kept_ok_dropped_at_zero_percent() {
+    let receiver = Receiver::start();
+    let mut host = Host::start(&HostConfig::new(Exporter::Otlp(receiver.port)).decision_wait("1s"));
+    let runtime = runtime();
+
+    let grpc = send_with_sdk(&runtime, &host, Transport::Grpc, "sdk-grpc", "scope-grpc");
+    let http = send_with_sdk(
+        &runtime,
+        &host,
+        Transport::HttpProtobuf,
+        "sdk-http",
+        "scope-http",
+    );
+
+    // The kept traces come out once they are due, while the host runs.
+    let mut keys = Vec::new();
+    for sent in [&grpc, &http] {
+        keys.extend(sent.error.keys());
+        keys.extend(sent.orphan.keys());
+    }
+    receiver.wait_for(&keys, "the error and orphan traces", &host);
+
+    // A clean shutdown decides and exports whatever is still pending, so after it the OK
+    // traces' absence is final, not a matter of timing.
+    host.terminate_cleanly();
+    let received = receiver.spans();
+    for sent in [&grpc, &http] {
+        assert_kept(&received, &sent.error, "errors", "complete");
+        let orphan = assert_kept(&received, &sent.orphan, "incomplete", "incomplete");
+        assert_missing_parent(&orphan, &sent.orphan_parent);
+        assert_absent(
+            &received,
+            &sent.ok.trace_id,
+            "a complete OK trace at a 0% baseline",
+        );
+    }
+    // The untouched attributes survive tagging.
+    let charge = received
+        .iter()
+        .find(|r| r.span.name == "charge" && r.service() == "sdk-grpc")
+        .expect("the charge span");
+    assert_eq!(charge.attr_str("payment.provider").as_deref(), Some("acme"));
+}
+
+/// With the baseline at 100%, the SDK's complete OK traces come out, tagged `baseline`.
+#[test]
+fn sdk_ok_traces_kept_at_hundred_percent() {
+    let receiver = Receiver::start();
+    let mut host = Host::start(
+        &HostConfig::new(Exporter::Otlp(receiver.port))
+            .decision_wait("1s")
+            .baseline(100.0),
+    );
+    let runtime = runtime();
+
+    let grpc = send_with_sdk(&runtime, &host, Transport::Grpc, "sdk-grpc", "scope-grpc");
+    let http = send_with_sdk(
+        &runtime,
+        &host,
+        Transport::HttpProtobuf,
+        "sdk-http",
+        "scope-http",
+    );
+    let mut keys = grpc.ok.keys();
+    keys.extend(http.ok.keys());
+    keys.extend(grpc.error.keys());
+    keys.extend(http.orphan.keys());
+    let received = receiver.wait_for(&keys, "the OK traces at a 100% baseline", &host);
+    for sent in [&grpc, &http] {
+        assert_kept(&received, &sent.ok, "baseline", "complete");
+    }
+    // Errors and orphans are still attributed to their own policies, not to the baseline.
+    assert_kept(&received, &grpc.error, "errors", "complete");
+    let orphan = assert_kept(&received, &http.orphan, "incomplete", "incomplete");
+    assert_missing_parent(&orphan, &http.orphan_parent);
+    host.terminate_cleanly();
+}
+
+/// At a 50% baseline the decision follows the trace id's randomness (its low 56 bits): a trace
+/// whose randomness is far above the threshold is kept with `ot=th:8` (threshold 2^55) in its
+/// tracestate, one far below it is not.
+#[test]
+fn baseline_samples_by_trace_id_randomness_and_writes_threshold() {
+    let receiver = Receiver::start();
+    let mut host = Host::start(
+        &HostConfig::new(Exporter::Otlp(receiver.port))
+            .decision_wait("1s")
+            .baseline(50.0),
+    );
+    let runtime = runtime();
+    let mut high = Vec::new();
+    let mut low = Vec::new();
+    let mut spans = Vec::new();
+    for i in 0..8u8 {
+        // Randomness bytes 9..16: 0xff.. (kept at any percentage above 0) or 0x00..0x01 (dropped
+        // at any percentage below 100).
+        let mut keep_id = new_trace_id();
+        keep_id[9..].copy_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, i]);
+        let mut drop_id = new_trace_id();
+        drop_id[9..].copy_from_slice(&[0, 0, 0, 0, 0, 0, i + 1]);
+        for (id, list) in [(keep_id, &mut high), (drop_id, &mut low)] {
+            let span_id = new_span_id();
+            let mut s = span(&id, &span_id, None, "probe", false);
+            s.trace_state = "vendor=x".to_owned();
+            spans.push(s);
+            let mut sent = SentTrace::new(id);
+            sent.add(span_id, "sampled-svc", "sampled-scope");
+            list.push(sent);
+        }
+    }
+    runtime
+        .block_on(grpc_export(
+            host.ports.grpc,
+            request("sampled-svc", "sampled-scope", spans),
+        ))
+        .expect("export");
+    let keys: Vec<_> = high.iter().flat_map(SentTrace::keys).collect();
+    receiver.wait_for(&keys, "the high-randomness traces at 50%", &host);
+    host.terminate_cleanly();
+    let received = receiver.spans();
+    for sent in &high {
+        let got = assert_kept(&received, sent, "baseline", "complete");
+        let state = &got[0].span.trace_state;
+        let th = state
+            .split(',')
+            .filter_map(|member| member.trim().strip_prefix("ot="))
+            .flat_map(|ot| ot.split(';'))
+            .find_map(|field| field.strip_prefix("th:"))
+            .unwrap_or_else(|| panic!("no ot=th in the tracestate {state:?} of a 50% keep"));
+        assert!(
+            !th.is_empty() && th.len() <= 14 && th.chars().all(|c| c.is_ascii_hexdigit()),
+            "ot=th:{th} is not 1 to 14 hex digits"
+        );
+        let threshold = u64::from_str_radix(&format!("{th:0<14}"), 16).unwrap();
+        assert_eq!(
+            threshold,
+            1 << 55,
+            "threshold of a 50% keep, from ot=th:{th}"
+        );
+        assert!(
+            state.contains("vendor=x"),
+            "the incoming tracestate member was kept: {state:?}"
+        );
+    }
+    for sent in &low {
+        assert_absent(&received, &sent.trace_id, "a low-randomness trace at 50%");
+    }
+}
+
+/// A hand-written OTLP JSON request (and a gzip-compressed one) posted over HTTP reaches the file
+/// exporter, whose lines parse as OTLP JSON and carry the tags.
+#[test]
+fn otlp_json_request_reaches_file_exporter() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("kept.jsonl");
+    let mut host = Host::start(&HostConfig::new(Exporter::File(path.clone())).decision_wait("1s"));
+    let client = http_client();
+    let now = now_nanos();
+    let (error_tid, error_root, error_child) = (
+        hex(&new_trace_id()),
+        hex(&new_span_id()),
+        hex(&new_span_id()),
+    );
+    let (orphan_tid, orphan_span, orphan_parent) =
+        (hex(&new_trace_id()), hex(&new_span_id()), new_span_id());
+    let (ok_tid, ok_span) = (hex(&new_trace_id()), hex(&new_span_id()));
+    let orphan_parent_hex = hex(&orphan_parent);
+    let (start, end) = (now, now + 5_000_000);
+    // Official OTLP JSON: camelCase keys, hex ids, integer enums, 64-bit integers as strings.
+    let body = format!(
+        r#"{{"resourceSpans":[{{
+  "resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"json-svc"}}}},
+                             {{"key":"host.cores","value":{{"intValue":"2"}}}}]}},
+  "scopeSpans":[{{
+    "scope":{{"name":"json-scope","version":"0.1"}},
+    "spans":[
+      {{"traceId":"{error_tid}","spanId":"{error_root}","name":"GET /cart","kind":2,
+        "startTimeUnixNano":"{start}","endTimeUnixNano":"{end}","status":{{}}}},
+      {{"traceId":"{error_tid}","spanId":"{error_child}","parentSpanId":"{error_root}","name":"SELECT cart","kind":3,
+        "startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",
+        "attributes":[{{"key":"db.system","value":{{"stringValue":"postgresql"}}}}],
+        "status":{{"code":2,"message":"timeout"}}}},
+      {{"traceId":"{orphan_tid}","spanId":"{orphan_span}","parentSpanId":"{orphan_parent_hex}","name":"process order","kind":5,
+        "startTimeUnixNano":"{start}","endTimeUnixNano":"{end}"}},
+      {{"traceId":"{ok_tid}","spanId":"{ok_span}","name":"GET /health","kind":2,
+        "startTimeUnixNano":"{start}","endTimeUnixNano":"{end}","status":{{"code":1}}}}
+    ]}}]}}]}}"#
+    );
+    let answer = http_post(
+        &client,
+        &host.http_url("/v1/traces"),
+        &[("content-type", "application/json")],
+        body.into_bytes(),
+    )
+    .expect("POST OTLP JSON");
+    assert_eq!(
+        answer.status,
+        200,
+        "OTLP JSON answer: {answer:?}\n{}",
+        host.stderr()
+    );
+    assert!(
+        answer.content_type.starts_with("application/json"),
+        "a JSON request gets a JSON answer, got content-type {:?}",
+        answer.content_type
+    );
+    let response: ExportTraceServiceResponse = serde_json::from_slice(&answer.body)
+        .expect("the answer is an OTLP JSON ExportTraceServiceResponse");
+    assert!(
+        response
+            .partial_success
+            .is_none_or(|p| p.rejected_spans == 0),
+        "nothing was rejected"
+    );
+
+    // The same encoding, gzip-compressed.
+    let (gz_tid, gz_span) = (new_trace_id(), new_span_id());
+    let gz_body = format!(
+        r#"{{"resourceSpans":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"json-gz"}}}}]}},
+  "scopeSpans":[{{"scope":{{"name":"gz-scope"}},"spans":[
+    {{"traceId":"{}","spanId":"{}","name":"compressed","kind":1,"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",
+      "status":{{"code":2}}}}]}}]}}]}}"#,
+        hex(&gz_tid),
+        hex(&gz_span)
+    );
+    let answer = http_post(
+        &client,
+        &host.http_url("/v1/traces"),
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ],
+        gzip(gz_body.as_bytes()),
+    )
+    .expect("POST gzip OTLP JSON");
+    assert_eq!(
+        answer.status,
+        200,
+        "gzip OTLP JSON answer: {answer:?}\n{}",
+        host.stderr()
+    );
+
+    let id = |h: &str| {
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect::<Vec<u8>>()
+    };
+    let mut error = SentTrace::new(id(&error_tid).try_into().unwrap());
+    error.add(
+        id(&error_root).try_into().unwrap(),
+        "json-svc",
+        "json-scope",
+    );
+    error.add(
+        id(&error_child).try_into().unwrap(),
+        "json-svc",
+        "json-scope",
+    );
+    let mut orphan = SentTrace::new(id(&orphan_tid).try_into().unwrap());
+    orphan.add(
+        id(&orphan_span).try_into().unwrap(),
+        "json-svc",
+        "json-scope",
+    );
+    let mut compressed = SentTrace::new(gz_tid);
+    compressed.add(gz_span, "json-gz", "gz-scope");
+    let mut keys = error.keys();
+    keys.extend(orphan.keys());
+    keys.extend(compressed.keys());
+    wait_for_file(
+        &path,
+        &keys,
+        "the JSON-posted traces in the file exporter output",
+        &host,
+    );
+
+    host.terminate_cleanly();
+    let requests = read_jsonl(&path);
+    assert!(!requests.is_empty());
+    let received = flatten(&requests);
+    let got = assert_kept(&received, &error, "errors", "complete");
+    let select = got.iter().find(|r| r.span.name == "SELECT cart").unwrap();
+    assert_eq!(select.span.kind, 3, "span kind survives");
+    assert_eq!(select.attr_str("db.system").as_deref(), Some("postgresql"));
+    assert_eq!(select.span.status.as_ref().map(|s| s.code), Some(2));
+    let got = assert_kept(&received, &orphan, "incomplete", "incomplete");
+    assert_missing_parent(&got, &orphan_parent);
+    assert_kept(&received, &compressed, "errors", "complete");
+    assert_absent(
+        &received,
+        &id(&ok_tid),
+        "a complete OK trace at a 0% baseline",
+    );
+
+    // Each line is one ExportTraceServiceRequest in the official encoding: hex ids on the wire.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains(&format!("\"traceId\":\"{error_tid}\"")),
+        "hex trace ids in the file:\n{text}"
+    );
+    assert!(
+        text.contains("\"resourceSpans\""),
+        "camelCase keys in the file"
+    );
+}
+
+/// A trace whose spans arrive in three requests, children before parents and under two
+/// resources, is exported once, whole, tagged `complete`; a complete OK trace split the same way
+/// is not mistaken for an orphan trace (which the `incomplete` policy would keep).
+#[test]
+fn trace_split_across_requests_children_first_is_judged_once_whole() {
+    let receiver = Receiver::start();
+    let mut host = Host::start(&HostConfig::new(Exporter::Otlp(receiver.port)).decision_wait("3s"));
+    let runtime = runtime();
+
+    let send_split = |error: bool| {
+        let trace_id = new_trace_id();
+        let (root, child, grandchild) = (new_span_id(), new_span_id(), new_span_id());
+        let mut sent = SentTrace::new(trace_id);
+        let parts = [
+            ("db", "db-scope", grandchild, Some(child), "query", error),
+            ("api", "api-scope", child, Some(root), "handle", false),
+            ("api", "api-scope", root, None, "GET /orders", false),
+        ];
+        for (service, scope, id, parent, name, err) in parts {
+            let s = span(
+                &trace_id,
+                &id,
+                parent.as_ref().map(|p| p.as_slice()),
+                name,
+                err,
+            );
+            let response = runtime
+                .block_on(grpc_export(
+                    host.ports.grpc,
+                    request(service, scope, vec![s]),
+                ))
+                .expect("gRPC export of one part");
+            assert!(
+                response
+                    .partial_success
+                    .is_none_or(|p| p.rejected_spans == 0),
+                "no span rejected"
+            );
+            sent.add(id, service, scope);
+        }
+        sent
+    };
+    let error = send_split(true);
+    let ok = send_split(false);
+
+    receiver.wait_for(&error.keys(), "the split error trace", &host);
+    host.terminate_cleanly();
+    let received = receiver.spans();
+    assert_kept(&received, &error, "errors", "complete");
+    assert_absent(
+        &received,
+        &ok.trace_id,
+        "a complete split OK trace at a 0% baseline",
+    );
+}
+
+/// SIGTERM with traces pending (decision_wait far away) decides and exports them before the
+/// process exits with 0.
+#[test]
+fn sigterm_exports_pending_traces() {
+    let receiver = Receiver::start();
+    let mut host =
+        Host::start(&HostConfig::new(Exporter::Otlp(receiver.port)).decision_wait("60s"));
+    let runtime = runtime();
+
+    let (grpc_request, grpc_trace) = error_trace("pending-grpc", "pending-scope", 3);
+    runtime
+        .block_on(grpc_export(host.ports.grpc, grpc_request))
+        .expect("gRPC export");
+    let (http_request, http_trace) = error_trace("pending-http", "pending-scope", 2);
+    let answer = http_post(
+        &http_client(),
+        &host.http_url("/v1/traces"),
+        &[("content-type", "application/x-protobuf")],
+        http_request.encode_to_vec(),
+    )
+    .expect("POST protobuf");
+    assert_eq!(answer.status, 200, "protobuf answer: {answer:?}");
+    assert!(
+        answer.content_type.starts_with("application/x-protobuf"),
+        "a protobuf request gets a protobuf answer, got {:?}",
+        answer.content_type
+    );
+    ExportTraceServiceResponse::decode(answer.body.as_slice())
+        .expect("protobuf ExportTraceServiceResponse");
+
+    assert!(
+        receiver.spans().is_empty(),
+        "nothing is due before decision_wait (60s), yet spans were exported"
+    );
+    host.terminate_cleanly();
+    let received = receiver.spans();
+    assert_kept(&received, &grpc_trace, "errors", "complete");
+    assert_kept(&received, &http_trace, "errors", "complete");
+}
