@@ -44,6 +44,9 @@ pub struct SpanFixed {
     pub flags: u8,
 }
 
+/// Length of one link on the wire: trace id and span id.
+const LINK_LEN: u64 = 16 + 8;
+
 /// Length of [`SpanFixed`] on the wire.
 const SPAN_FIXED_LEN: usize = 16 + 8 + 8 + 8 + 8 + 4 + 4 + 4;
 
@@ -502,7 +505,9 @@ impl<'a> BatchReader<'a> {
                 let (remaining, cur) = read_section(c)?;
                 let attributes = AttrIter { cur, remaining };
                 let (remaining, cur) = read_section(c)?;
-                if cur.buf.len() != remaining as usize * 24 {
+                // Compared in u64: on wasm32 `remaining * 24` can overflow usize (a panic in
+                // debug builds, a wrap that could accept a bogus count in release builds).
+                if cur.buf.len() as u64 != u64::from(remaining) * LINK_LEN {
                     return Err(LayoutError::Truncated);
                 }
                 let links = LinkIter { cur, remaining };
@@ -538,6 +543,7 @@ impl<'a> Iterator for BatchReader<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use alloc::string::String;
@@ -593,7 +599,10 @@ mod tests {
             panic!("resource first")
         };
         let attrs: Vec<_> = res.attributes.clone().map(|a| a.unwrap()).collect();
-        assert!(matches!(attrs[0], (AttrKey::Index(0), Value::Str("checkout"))));
+        assert!(matches!(
+            attrs[0],
+            (AttrKey::Index(0), Value::Str("checkout"))
+        ));
         let Record::Span(span) = &recs[1] else {
             panic!("span second")
         };
@@ -626,8 +635,8 @@ mod tests {
     fn walk(buf: &[u8]) -> Result<usize, LayoutError> {
         fn walk_value(v: Value<'_>) -> Result<(), LayoutError> {
             match v {
-                Value::Array(items) => items.map(|i| walk_value(i?)).collect(),
-                Value::KvList(kv) => kv.map(|i| walk_value(i?.1)).collect(),
+                Value::Array(mut items) => items.try_for_each(|i| walk_value(i?)),
+                Value::KvList(mut kv) => kv.try_for_each(|i| walk_value(i?.1)),
                 _ => Ok(()),
             }
         }
@@ -664,9 +673,8 @@ mod tests {
         assert_eq!(walk(&buf), Ok(2));
         for cut in 0..buf.len() {
             // A cut exactly between records is a valid shorter batch; every other cut fails.
-            match walk(&buf[..cut]) {
-                Ok(n) => assert!(cut == 8 && n == 0 || n == 1, "cut {cut} gave {n} records"),
-                Err(_) => {}
+            if let Ok(n) = walk(&buf[..cut]) {
+                assert!(cut == 8 && n == 0 || n == 1, "cut {cut} gave {n} records");
             }
         }
     }

@@ -307,6 +307,7 @@ impl<'a> Iterator for DecisionReader<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use alloc::vec;
@@ -347,7 +348,10 @@ mod tests {
             recs[0].missing().collect::<Vec<_>>(),
             vec!["root", "parent:0102030405060708"]
         );
-        assert_eq!(recs[0].extra_attributes().collect::<Vec<_>>(), vec![("k", "v")]);
+        assert_eq!(
+            recs[0].extra_attributes().collect::<Vec<_>>(),
+            vec![("k", "v")]
+        );
         assert_eq!(recs[1].decision, Decision::NotSampled);
         assert_eq!(recs[1].missing_count(), 0);
     }
