@@ -237,14 +237,21 @@ fn policy_names_and_sections_are_checked() {
         ),
         "{err}"
     );
-    // hash_salt is accepted (and ignored).
-    configure_err(r#"{"name": "e", "type": "nope"}"#);
-    assert!(
-        Sampler::configure(
-            r#"{"tail_sampling": {"policies": [{"name": "p", "type": "probabilistic",
-                "probabilistic": {"hash_salt": "abc", "sampling_percentage": 5}}]}}"#
-        )
-        .is_ok()
+    // hash_salt is accepted and ignored: decisions come from the trace's randomness alone.
+    let salted = |salt: &str| {
+        let cfg = format!(
+            r#"{{"tail_sampling": {{"policies": [{{"name": "p", "type": "probabilistic",
+                "probabilistic": {{"hash_salt": "{salt}", "sampling_percentage": 50}}}}]}}}}"#
+        );
+        let mut s0 = Sampler::configure(&cfg).unwrap().0;
+        let spans: Vec<S> = (0..64).map(|i| s(tid(i << 50), 1, 0)).collect();
+        decide(&mut s0, &spans)
+    };
+    let a = salted("abc");
+    assert_eq!(a, salted("xyz"));
+    assert_eq!(
+        a.iter().filter(|d| d.decision == Decision::Sampled).count(),
+        32
     );
 }
 
