@@ -1,0 +1,181 @@
+//! Wires the pieces into a running sidecar and shuts them down in order.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, DEFAULT_SHUTDOWN_TIMEOUT, resolve};
+use crate::export::{self, Exporter};
+use crate::guest::{GuestLimits, GuestModule};
+use crate::receiver::{self, Ingest};
+use crate::shutdown;
+use crate::telemetry::{self, Health, Metrics};
+use crate::worker::{
+    DEFAULT_NON_SAMPLED_CACHE, DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE, INGEST_QUEUE_LEN, Worker,
+    WorkerSettings,
+};
+
+/// Loads the guest a config and an optional `--guest` name, with the config's limits.
+pub fn load_guest(config: &Config, guest: Option<&Path>) -> anyhow::Result<GuestModule> {
+    let mut limits = GuestLimits::default();
+    if let Some(mib) = config.guest.memory_limit_mib {
+        limits.memory_limit_bytes = mib << 20;
+    }
+    if let Some(t) = config.guest.call_timeout {
+        limits.call_timeout = t;
+    }
+    let path = guest.or(config.guest.path.as_deref());
+    GuestModule::load(path, limits)
+}
+
+/// Checks a config completely, including the guest's part (by configuring a guest instance).
+pub fn validate(config: &Config, guest: Option<&Path>) -> anyhow::Result<()> {
+    let module = load_guest(config, guest)?;
+    module.instantiate(&config.guest_json())?;
+    Ok(())
+}
+
+/// Runs the sidecar until SIGINT or SIGTERM, then drains.
+pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let host_ts = config.host_tail_sampling()?;
+
+    let (telemetry_stop, telemetry_shutdown) = shutdown::pair();
+    let health_addr = resolve(&config.health_endpoint(), "extensions.health_check.endpoint")?;
+    let metrics_addr = resolve(
+        &config.service.telemetry.metrics.address,
+        "service.telemetry.metrics.address",
+    )?;
+    let telemetry_task = tokio::spawn(telemetry::serve(
+        health_addr,
+        metrics_addr,
+        Arc::clone(&health),
+        Arc::clone(&metrics),
+        telemetry_shutdown,
+    ));
+
+    let module = load_guest(&config, guest)?;
+    let exporter = Exporter::from_config(&config)?;
+    tracing::info!(guest = module.name(), exporter = exporter.name(), "starting");
+    let (export_tx, export_task) = export::spawn(exporter, Arc::clone(&metrics));
+    let settings = WorkerSettings {
+        guest_config: config.guest_json(),
+        num_traces: host_ts
+            .num_traces
+            .map(|n| n as usize)
+            .unwrap_or(DEFAULT_NUM_TRACES)
+            .max(1),
+        sampled_cache: host_ts
+            .decision_cache
+            .sampled_cache_size
+            .unwrap_or(DEFAULT_SAMPLED_CACHE),
+        non_sampled_cache: host_ts
+            .decision_cache
+            .non_sampled_cache_size
+            .unwrap_or(DEFAULT_NON_SAMPLED_CACHE),
+        drop_pending_on_shutdown: host_ts.drop_pending_traces_on_shutdown,
+    };
+    let (worker, interest) = Worker::new(module, settings, export_tx, Arc::clone(&metrics))
+        .context("configuring the guest")?;
+    let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE_LEN);
+    let worker_thread = std::thread::Builder::new()
+        .name("tracekeeper-worker".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(worker.run(ingest_rx)),
+                Err(e) => tracing::error!("worker runtime: {e}"),
+            }
+        })
+        .context("starting the worker thread")?;
+    let ingest = Ingest::new(ingest_tx, interest, Arc::clone(&metrics));
+
+    let (receivers_stop, receivers_shutdown) = shutdown::pair();
+    let mut servers = Vec::new();
+    let protocols = &config.receivers.otlp.protocols;
+    if let Some(g) = &protocols.grpc {
+        let addr = resolve(&g.endpoint, "receivers.otlp.protocols.grpc.endpoint")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("receivers.otlp.protocols.grpc.endpoint: binding {addr}"))?;
+        servers.push(tokio::spawn(receiver::grpc::serve(
+            listener,
+            ingest.clone(),
+            g.max_recv_msg_size_mib << 20,
+            receivers_shutdown.clone(),
+        )));
+    }
+    if let Some(h) = &protocols.http {
+        let addr = resolve(&h.endpoint, "receivers.otlp.protocols.http.endpoint")?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("receivers.otlp.protocols.http.endpoint: binding {addr}"))?;
+        servers.push(tokio::spawn(receiver::http::serve(
+            listener,
+            ingest.clone(),
+            h.max_request_body_size,
+            receivers_shutdown.clone(),
+        )));
+    }
+    drop(ingest);
+    drop(receivers_shutdown);
+    health.set_ready(true);
+    tracing::info!(%health_addr, %metrics_addr, "tracekeeper ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new spans accepted, deciding what is pending");
+    health.set_ready(false);
+    receivers_stop.trigger();
+    let timeout = config
+        .service
+        .shutdown_timeout
+        .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+    let drained = tokio::time::timeout(timeout, async {
+        for s in servers {
+            match s.await {
+                Ok(Err(e)) => tracing::error!("receiver stopped with an error: {e:#}"),
+                Err(e) => tracing::error!("receiver task failed: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+        // The receivers held the last senders: the worker now decides, flushes and ends.
+        let _ = tokio::task::spawn_blocking(move || worker_thread.join()).await;
+        let _ = export_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::error!(?timeout, "shutdown_timeout reached before everything was exported");
+    }
+    telemetry_stop.trigger();
+    let _ = tokio::time::timeout(Duration::from_secs(1), telemetry_task).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,705 @@
+//! The configuration file: the OpenTelemetry Collector's layout for the parts tracekeeper has.
+//!
+//! `receivers`, `exporters`, `extensions`, `service` and the host's own `guest` section are read
+//! here, with every unknown key an error that names its path. `processors` (the collector's
+//! `tail_sampling` section, unchanged, plus `completeness`) belongs to the guest: the host passes
+//! it to the guest as JSON and the guest checks it (see `guest::GuestModule::instantiate`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The configuration the binary uses when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = include_str!("default_config.yaml");
+
+/// Default OTLP/gRPC endpoint when a `grpc` protocol section has none (the collector's).
+pub const DEFAULT_GRPC_ENDPOINT: &str = "localhost:4317";
+/// Default OTLP/HTTP endpoint when an `http` protocol section has none (the collector's).
+pub const DEFAULT_HTTP_ENDPOINT: &str = "localhost:4318";
+/// Default health-check endpoint.
+pub const DEFAULT_HEALTH_ENDPOINT: &str = "127.0.0.1:13133";
+/// Default Prometheus metrics address.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:8888";
+/// Default limit of one request, after decompression (the OTLP spec's recommendation).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+/// Default exporter timeout per request.
+pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time allowed for flushing on shutdown.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A configuration error, with the path of the offending key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where spans come in.
+    #[serde(default)]
+    pub receivers: Receivers,
+    /// The guest's sections (`tail_sampling`, `completeness`), passed through as JSON.
+    #[serde(default)]
+    pub processors: serde_json::Value,
+    /// Where kept spans go (exactly one).
+    #[serde(default)]
+    pub exporters: Exporters,
+    /// Health check.
+    #[serde(default)]
+    pub extensions: Extensions,
+    /// Own telemetry and shutdown.
+    #[serde(default)]
+    pub service: Service,
+    /// The sampler guest and its sandbox limits.
+    #[serde(default)]
+    pub guest: GuestSection,
+}
+
+/// `receivers:`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receivers {
+    /// `receivers.otlp`
+    #[serde(default)]
+    pub otlp: OtlpReceiver,
+}
+
+/// `receivers.otlp`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpReceiver {
+    /// `receivers.otlp.protocols`
+    #[serde(default)]
+    pub protocols: Protocols,
+}
+
+/// `receivers.otlp.protocols`: a protocol is enabled when its key is present (even empty).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Protocols {
+    /// OTLP/gRPC.
+    #[serde(default, deserialize_with = "present")]
+    pub grpc: Option<GrpcProtocol>,
+    /// OTLP/HTTP.
+    #[serde(default, deserialize_with = "present")]
+    pub http: Option<HttpProtocol>,
+}
+
+/// `receivers.otlp.protocols.grpc`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcProtocol {
+    /// Listen address.
+    #[serde(default = "default_grpc_endpoint")]
+    pub endpoint: String,
+    /// Largest request accepted, MiB (after decompression).
+    #[serde(default = "default_max_recv_msg_size_mib")]
+    pub max_recv_msg_size_mib: usize,
+}
+
+impl Default for GrpcProtocol {
+    fn default() -> Self {
+        GrpcProtocol {
+            endpoint: default_grpc_endpoint(),
+            max_recv_msg_size_mib: default_max_recv_msg_size_mib(),
+        }
+    }
+}
+
+/// `receivers.otlp.protocols.http`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProtocol {
+    /// Listen address.
+    #[serde(default = "default_http_endpoint")]
+    pub endpoint: String,
+    /// Largest request body accepted, bytes (after decompression).
+    #[serde(default = "default_max_body")]
+    pub max_request_body_size: usize,
+}
+
+impl Default for HttpProtocol {
+    fn default() -> Self {
+        HttpProtocol {
+            endpoint: default_http_endpoint(),
+            max_request_body_size: default_max_body(),
+        }
+    }
+}
+
+/// `exporters:` (exactly one of them).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exporters {
+    /// OTLP/gRPC.
+    #[serde(default, deserialize_with = "present")]
+    pub otlp: Option<OtlpExporter>,
+    /// OTLP/HTTP (protobuf).
+    #[serde(default, deserialize_with = "present")]
+    pub otlphttp: Option<OtlpHttpExporter>,
+    /// OTLP JSON lines to a file.
+    #[serde(default, deserialize_with = "present")]
+    pub file: Option<FileExporter>,
+    /// One summary line per kept trace on stdout.
+    #[serde(default, deserialize_with = "present")]
+    pub debug: Option<DebugExporter>,
+}
+
+/// `tls:` of an exporter. Only plaintext is supported so far.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// Plaintext connection.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// Request compression of an exporter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// gzip (the collector's default).
+    #[default]
+    Gzip,
+    /// No compression.
+    None,
+}
+
+/// `exporters.otlp`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpExporter {
+    /// `host:port` or `http://host:port`.
+    pub endpoint: String,
+    /// TLS settings.
+    #[serde(default)]
+    pub tls: ClientTls,
+    /// Request compression.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Timeout of one export request.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Extra request headers (gRPC metadata).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `exporters.otlphttp`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpHttpExporter {
+    /// Base URL; requests go to `<endpoint>/v1/traces`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Full URL for traces, overriding `endpoint`.
+    #[serde(default)]
+    pub traces_endpoint: Option<String>,
+    /// Request compression.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Timeout of one export request.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `exporters.file`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileExporter {
+    /// Output file (appended to).
+    pub path: PathBuf,
+}
+
+/// `exporters.debug`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebugExporter {
+    /// Accepted for collector compatibility; output is always one line per kept trace.
+    #[serde(default)]
+    pub verbosity: Option<String>,
+}
+
+/// `extensions:`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Extensions {
+    /// `extensions.health_check`
+    #[serde(default, deserialize_with = "present")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `extensions.health_check`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Listen address.
+    #[serde(default = "default_health_endpoint")]
+    pub endpoint: String,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            endpoint: default_health_endpoint(),
+        }
+    }
+}
+
+/// `service:`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// `service.telemetry`
+    #[serde(default)]
+    pub telemetry: Telemetry,
+    /// Accepted for collector compatibility (extensions configured above are always on).
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// Time allowed to decide and export pending traces on SIGTERM.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+/// `service.telemetry`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Telemetry {
+    /// `service.telemetry.metrics`
+    #[serde(default)]
+    pub metrics: MetricsTelemetry,
+    /// `service.telemetry.logs`
+    #[serde(default)]
+    pub logs: LogsTelemetry,
+}
+
+/// `service.telemetry.metrics`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsTelemetry {
+    /// Prometheus endpoint address.
+    #[serde(default = "default_metrics_address")]
+    pub address: String,
+}
+
+impl Default for MetricsTelemetry {
+    fn default() -> Self {
+        MetricsTelemetry {
+            address: default_metrics_address(),
+        }
+    }
+}
+
+/// `service.telemetry.logs`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsTelemetry {
+    /// `debug`, `info`, `warn` or `error` (default `info`; `RUST_LOG` overrides).
+    #[serde(default)]
+    pub level: Option<String>,
+    /// `console` or `json`.
+    #[serde(default)]
+    pub encoding: Option<String>,
+}
+
+/// `guest:` — which sampler component runs and its sandbox limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestSection {
+    /// A guest component file instead of the embedded default (`--guest` overrides).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Cap on the guest's linear memory, MiB.
+    #[serde(default)]
+    pub memory_limit_mib: Option<usize>,
+    /// Deadline of one guest call.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub call_timeout: Option<Duration>,
+}
+
+/// The parts of `processors.tail_sampling` the host itself uses (the guest checks the rest).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HostTailSampling {
+    /// Traces held at once.
+    #[serde(default)]
+    pub num_traces: Option<u64>,
+    /// Late-span decision caches.
+    #[serde(default)]
+    pub decision_cache: DecisionCacheConfig,
+    /// Drop instead of decide on shutdown.
+    #[serde(default)]
+    pub drop_pending_traces_on_shutdown: bool,
+}
+
+/// `processors.tail_sampling.decision_cache`
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct DecisionCacheConfig {
+    /// Kept trace ids remembered for late spans.
+    #[serde(default)]
+    pub sampled_cache_size: Option<usize>,
+    /// Not-kept trace ids remembered for late spans.
+    #[serde(default)]
+    pub non_sampled_cache_size: Option<usize>,
+}
+
+fn default_grpc_endpoint() -> String {
+    DEFAULT_GRPC_ENDPOINT.to_string()
+}
+fn default_http_endpoint() -> String {
+    DEFAULT_HTTP_ENDPOINT.to_string()
+}
+fn default_health_endpoint() -> String {
+    DEFAULT_HEALTH_ENDPOINT.to_string()
+}
+fn default_metrics_address() -> String {
+    DEFAULT_METRICS_ADDRESS.to_string()
+}
+fn default_max_recv_msg_size_mib() -> usize {
+    DEFAULT_MAX_BODY_BYTES >> 20
+}
+fn default_max_body() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+/// A section that is enabled when its key is present, even with an empty (null) value.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    s.map(|s| parse_duration(&s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// Parses a Go-style duration (`300ms`, `1.5s`, `2m30s`, `1h`), as the collector does.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?} (expected e.g. 500ms, 10s, 1m30s)");
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = t;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let (num, tail) = rest.split_at(num_len);
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        total += value * scale;
+        rest = tail;
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
+}
+
+impl Config {
+    /// Reads, expands `${VAR}` / `${env:VAR}`, parses and checks a configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let expanded = expand_env(text)?;
+        let de = serde_yaml_ng::Deserializer::from_str(&expanded);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            ConfigError(describe(&path, &inner))
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let e = &self.exporters;
+        let n = [
+            e.otlp.is_some(),
+            e.otlphttp.is_some(),
+            e.file.is_some(),
+            e.debug.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if n != 1 {
+            return Err(ConfigError(format!(
+                "exporters: exactly one exporter (otlp, otlphttp, file or debug) must be configured, found {n}"
+            )));
+        }
+        if let Some(o) = &e.otlp {
+            if o.endpoint.is_empty() {
+                return Err(ConfigError(
+                    "exporters.otlp.endpoint: missing (e.g. 127.0.0.1:4317)".into(),
+                ));
+            }
+            if !o.tls.insecure || o.endpoint.starts_with("https://") {
+                return Err(ConfigError(
+                    "exporters.otlp.tls: TLS is not supported yet; set tls.insecure: true".into(),
+                ));
+            }
+        }
+        if let Some(h) = &e.otlphttp {
+            let url = h.url();
+            if url.is_empty() {
+                return Err(ConfigError(
+                    "exporters.otlphttp.endpoint: missing (e.g. http://127.0.0.1:4318)".into(),
+                ));
+            }
+            if !url.starts_with("http://") {
+                return Err(ConfigError(format!(
+                    "exporters.otlphttp.endpoint: {url:?} must start with http:// (TLS is not supported yet)"
+                )));
+            }
+        }
+        if let Some(g) = &self.receivers.otlp.protocols.grpc {
+            resolve(&g.endpoint, "receivers.otlp.protocols.grpc.endpoint")?;
+        }
+        if let Some(h) = &self.receivers.otlp.protocols.http {
+            resolve(&h.endpoint, "receivers.otlp.protocols.http.endpoint")?;
+        }
+        if self.receivers.otlp.protocols.grpc.is_none()
+            && self.receivers.otlp.protocols.http.is_none()
+        {
+            return Err(ConfigError(
+                "receivers.otlp.protocols: enable at least one of grpc and http".into(),
+            ));
+        }
+        resolve(&self.health_endpoint(), "extensions.health_check.endpoint")?;
+        resolve(
+            &self.service.telemetry.metrics.address,
+            "service.telemetry.metrics.address",
+        )?;
+        if !self.processors.is_null() && !self.processors.is_object() {
+            return Err(ConfigError("processors: expected a mapping".into()));
+        }
+        if let Some(level) = &self.service.telemetry.logs.level
+            && !["debug", "info", "warn", "error"].contains(&level.to_lowercase().as_str())
+        {
+            return Err(ConfigError(format!(
+                "service.telemetry.logs.level: {level:?} is not one of debug, info, warn, error"
+            )));
+        }
+        self.host_tail_sampling()?;
+        Ok(())
+    }
+
+    /// The health endpoint (default when the extension is not configured).
+    pub fn health_endpoint(&self) -> String {
+        self.extensions
+            .health_check
+            .as_ref()
+            .map(|h| h.endpoint.clone())
+            .unwrap_or_else(default_health_endpoint)
+    }
+
+    /// The JSON handed to the guest's `configure`.
+    pub fn guest_json(&self) -> String {
+        if self.processors.is_null() {
+            "{}".to_string()
+        } else {
+            self.processors.to_string()
+        }
+    }
+
+    /// The keys of `processors.tail_sampling` the host uses.
+    pub fn host_tail_sampling(&self) -> Result<HostTailSampling, ConfigError> {
+        match self.processors.get("tail_sampling") {
+            None | Some(serde_json::Value::Null) => Ok(HostTailSampling::default()),
+            Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
+                let path = format!("processors.tail_sampling.{}", e.path());
+                ConfigError(describe(&path, &e.into_inner().to_string()))
+            }),
+        }
+    }
+}
+
+/// Resolves `host:port` (with `localhost` and names) to a socket address.
+pub fn resolve(endpoint: &str, key: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    endpoint
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "{key}: {endpoint:?} is not a host:port address (e.g. 127.0.0.1:4317)"
+            ))
+        })
+}
+
+/// Turns a serde error at `path` into `path.key: message`, naming an unknown key in the path.
+fn describe(path: &str, inner: &str) -> String {
+    let path = if path == "." { "" } else { path };
+    if let Some(rest) = inner.strip_prefix("unknown field `")
+        && let Some((key, expected)) = rest.split_once('`')
+    {
+        let full = if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        };
+        return format!("{full}: unknown key{expected}");
+    }
+    if path.is_empty() {
+        inner.to_string()
+    } else {
+        format!("{path}: {inner}")
+    }
+}
+
+/// Expands `${VAR}` and `${env:VAR}` from the environment, and `$$` to `$`, as the collector does.
+/// An unset variable expands to the empty string.
+pub fn expand_env(text: &str) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("${") {
+            let end = after.find('}').ok_or_else(|| {
+                ConfigError("unterminated ${ in configuration (write $$ for a literal $)".into())
+            })?;
+            let name = &after[..end];
+            let name = name.strip_prefix("env:").unwrap_or(name);
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(ConfigError(format!(
+                    "invalid environment reference ${{{name}}} in configuration"
+                )));
+            }
+            out.push_str(&std::env::var(name).unwrap_or_default());
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl OtlpHttpExporter {
+    /// The URL requests are posted to.
+    pub fn url(&self) -> String {
+        if let Some(t) = &self.traces_endpoint {
+            return t.clone();
+        }
+        match &self.endpoint {
+            Some(e) => format!("{}/v1/traces", e.trim_end_matches('/')),
+            None => String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_parses() {
+        let c = Config::parse(DEFAULT_CONFIG).unwrap();
+        assert!(c.exporters.debug.is_some());
+        assert!(c.receivers.otlp.protocols.grpc.is_some());
+        assert!(c.processors.get("tail_sampling").is_some());
+    }
+
+    #[test]
+    fn unknown_keys_name_their_path() {
+        let e = Config::parse(
+            "receivers: {otlp: {protocols: {grpc: {endpiont: 1}}}}\nexporters: {debug: {}}",
+        )
+        .unwrap_err();
+        assert!(
+            e.0.starts_with("receivers.otlp.protocols.grpc.endpiont: unknown key"),
+            "{e}"
+        );
+        let e = Config::parse("exporters: {debug: {}}\nfoo: 1").unwrap_err();
+        assert!(e.0.starts_with("foo: unknown key"), "{e}");
+    }
+
+    #[test]
+    fn exactly_one_exporter() {
+        let e = Config::parse("receivers: {otlp: {protocols: {grpc:}}}\nexporters: {debug:, file: {path: x}}")
+            .unwrap_err();
+        assert!(e.0.contains("exactly one exporter"), "{e}");
+        let e = Config::parse("receivers: {otlp: {protocols: {grpc:}}}").unwrap_err();
+        assert!(e.0.contains("found 0"), "{e}");
+    }
+
+    #[test]
+    fn empty_sections_enable_with_defaults() {
+        let c = Config::parse("receivers:\n  otlp:\n    protocols:\n      grpc:\nexporters:\n  debug:\n")
+            .unwrap();
+        let g = c.receivers.otlp.protocols.grpc.unwrap();
+        assert_eq!(g.endpoint, DEFAULT_GRPC_ENDPOINT);
+        assert!(c.receivers.otlp.protocols.http.is_none());
+    }
+
+    #[test]
+    fn env_expansion() {
+        // set_var is unsafe in edition 2024; read an existing variable instead.
+        let path = std::env::var("PATH").unwrap_or_default();
+        assert_eq!(expand_env("a ${PATH} b").unwrap(), format!("a {path} b"));
+        assert_eq!(expand_env("${env:PATH}").unwrap(), path);
+        assert_eq!(expand_env("$$x $y").unwrap(), "$x $y");
+        assert_eq!(expand_env("${TRACEKEEPER_SURELY_UNSET_VAR}").unwrap(), "");
+        assert!(expand_env("${oops").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn host_keys_of_tail_sampling() {
+        let c = Config::parse(
+            "exporters: {debug: {}}\nprocessors: {tail_sampling: {num_traces: 7, decision_cache: {sampled_cache_size: 3}}}",
+        )
+        .unwrap();
+        let t = c.host_tail_sampling().unwrap();
+        assert_eq!(t.num_traces, Some(7));
+        assert_eq!(t.decision_cache.sampled_cache_size, Some(3));
+        let e = Config::parse(
+            "exporters: {debug: {}}\nprocessors: {tail_sampling: {num_traces: many}}",
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("processors.tail_sampling.num_traces:"), "{e}");
+    }
+}

@@ -1,0 +1,103 @@
+//! The OTLP/HTTP exporter (`exporters.otlphttp`): POSTs protobuf to `<endpoint>/v1/traces`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::{SendError, timeout_or_default};
+use crate::config::{Compression, OtlpHttpExporter};
+
+/// Largest response body read (error details are logged, nothing more is needed).
+const MAX_RESPONSE_BYTES: usize = 64 << 10;
+
+/// Sends to one OTLP/HTTP endpoint.
+#[derive(Debug)]
+pub struct HttpExporter {
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: http::Uri,
+    gzip: bool,
+    timeout: Duration,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HttpExporter {
+    /// Builds the client for the configured URL.
+    pub fn new(cfg: &OtlpHttpExporter) -> anyhow::Result<Self> {
+        let url_text = cfg.url();
+        let url: http::Uri = url_text
+            .parse()
+            .map_err(|e| anyhow::anyhow!("exporters.otlphttp.endpoint: {url_text:?}: {e}"))?;
+        let mut headers = Vec::new();
+        for (k, v) in &cfg.headers {
+            let name = HeaderName::try_from(k.as_str())
+                .map_err(|e| anyhow::anyhow!("exporters.otlphttp.headers.{k}: {e}"))?;
+            let value = HeaderValue::try_from(v.as_str())
+                .map_err(|e| anyhow::anyhow!("exporters.otlphttp.headers.{k}: {e}"))?;
+            headers.push((name, value));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Ok(HttpExporter {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            url,
+            gzip: cfg.compression == Compression::Gzip,
+            timeout: timeout_or_default(cfg.timeout),
+            headers,
+        })
+    }
+
+    /// One attempt.
+    pub async fn send(&mut self, body: &Bytes) -> Result<(), SendError> {
+        let mut builder = Request::post(self.url.clone())
+            .header(header::CONTENT_TYPE, "application/x-protobuf");
+        let payload = if self.gzip {
+            builder = builder.header(header::CONTENT_ENCODING, "gzip");
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(body)
+                .and_then(|()| enc.finish())
+                .map(Bytes::from)
+                .map_err(|e| SendError::Permanent(format!("gzip: {e}")))?
+        } else {
+            body.clone()
+        };
+        for (k, v) in &self.headers {
+            builder = builder.header(k, v);
+        }
+        let req = builder
+            .body(Full::new(payload))
+            .map_err(|e| SendError::Permanent(format!("building request: {e}")))?;
+        let resp = tokio::time::timeout(self.timeout, self.client.request(req))
+            .await
+            .map_err(|_| SendError::Retryable("timed out".into(), None))?
+            .map_err(|e| SendError::Retryable(format!("{e}"), None))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+        let why = format!("HTTP {status}: {body}");
+        match status {
+            StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => Err(SendError::Retryable(why, retry_after)),
+            _ => Err(SendError::Permanent(why)),
+        }
+    }
+}

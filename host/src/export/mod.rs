@@ -1,0 +1,156 @@
+//! Exporters: where kept spans go (OTLP gRPC, OTLP HTTP, an OTLP JSON file, or stdout).
+//!
+//! The worker hands finished requests to a bounded queue ([`EXPORT_QUEUE_LEN`]); one task sends
+//! them in order, retrying retryable failures with exponential backoff. When the queue is full
+//! the worker waits, which in turn makes the receivers wait: backpressure instead of loss.
+
+pub mod builder;
+mod debug;
+mod file;
+mod grpc;
+mod http;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::{Config, DEFAULT_EXPORT_TIMEOUT};
+use crate::telemetry::Metrics;
+
+/// Requests waiting to be sent.
+pub const EXPORT_QUEUE_LEN: usize = 64;
+/// Attempts per request before it is given up (and counted as dropped).
+pub const MAX_ATTEMPTS: u32 = 8;
+/// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest delay between attempts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// One encoded `ExportTraceServiceRequest`.
+#[derive(Debug)]
+pub struct ExportRequest {
+    /// The protobuf bytes.
+    pub body: bytes::Bytes,
+    /// Spans in it.
+    pub spans: usize,
+}
+
+/// How one attempt failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// Worth retrying (unavailable, timeout, 429/502/503/504), maybe after a server-given delay.
+    Retryable(String, Option<Duration>),
+    /// Not worth retrying (bad request, unimplemented, ...).
+    Permanent(String),
+}
+
+/// A configured exporter.
+#[derive(Debug)]
+pub enum Exporter {
+    /// OTLP/gRPC.
+    Grpc(grpc::GrpcExporter),
+    /// OTLP/HTTP protobuf.
+    Http(http::HttpExporter),
+    /// OTLP JSON lines.
+    File(file::FileExporter),
+    /// Summary lines on stdout.
+    Debug(debug::DebugExporter),
+}
+
+impl Exporter {
+    /// Builds the exporter the config names (the config check guarantees exactly one).
+    pub fn from_config(config: &Config) -> anyhow::Result<Exporter> {
+        let e = &config.exporters;
+        if let Some(o) = &e.otlp {
+            return Ok(Exporter::Grpc(grpc::GrpcExporter::new(o)?));
+        }
+        if let Some(h) = &e.otlphttp {
+            return Ok(Exporter::Http(http::HttpExporter::new(h)?));
+        }
+        if let Some(f) = &e.file {
+            return Ok(Exporter::File(file::FileExporter::new(&f.path)?));
+        }
+        Ok(Exporter::Debug(debug::DebugExporter))
+    }
+
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Exporter::Grpc(_) => "otlp",
+            Exporter::Http(_) => "otlphttp",
+            Exporter::File(_) => "file",
+            Exporter::Debug(_) => "debug",
+        }
+    }
+
+    async fn send(&mut self, req: &ExportRequest) -> Result<(), SendError> {
+        match self {
+            Exporter::Grpc(g) => g.send(&req.body).await,
+            Exporter::Http(h) => h.send(&req.body).await,
+            Exporter::File(f) => f.send(&req.body),
+            Exporter::Debug(d) => d.send(&req.body),
+        }
+    }
+}
+
+/// Starts the export task; returns the queue's sender and the task handle (which ends when
+/// every sender is dropped and the queue is drained).
+pub fn spawn(
+    mut exporter: Exporter,
+    metrics: Arc<Metrics>,
+) -> (mpsc::Sender<ExportRequest>, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<ExportRequest>(EXPORT_QUEUE_LEN);
+    let handle = tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            let mut backoff = INITIAL_BACKOFF;
+            let mut attempt = 1;
+            loop {
+                match exporter.send(&req).await {
+                    Ok(()) => {
+                        metrics.spans_exported.inc_by(req.spans as u64);
+                        break;
+                    }
+                    Err(SendError::Retryable(why, after)) if attempt < MAX_ATTEMPTS => {
+                        let wait = after.unwrap_or(backoff).min(MAX_BACKOFF);
+                        tracing::warn!(
+                            exporter = exporter.name(),
+                            attempt,
+                            spans = req.spans,
+                            "export failed, retrying in {wait:?}: {why}"
+                        );
+                        tokio::time::sleep(jitter(wait)).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        attempt += 1;
+                    }
+                    Err(SendError::Retryable(why, _)) | Err(SendError::Permanent(why)) => {
+                        tracing::error!(
+                            exporter = exporter.name(),
+                            attempt,
+                            spans = req.spans,
+                            "export failed, dropping the request: {why}"
+                        );
+                        metrics.drop_spans("export_failed", req.spans as u64);
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    (tx, handle)
+}
+
+/// Adds up to ±20% of random jitter to a delay so retrying clients do not move in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    let factor = 0.8 + 0.4 * f64::from(nanos % 1000) / 1000.0;
+    d.mul_f64(factor)
+}
+
+/// The per-request timeout of an exporter.
+pub(crate) fn timeout_or_default(t: Option<Duration>) -> Duration {
+    t.unwrap_or(DEFAULT_EXPORT_TIMEOUT)
+}

@@ -1,0 +1,286 @@
+//! Builds span-view batches (the `tracekeeper-abi` layout) from encoded spans.
+//!
+//! Only what the guest's interest names is extracted: attribute values are looked up by key in
+//! the encoded `KeyValue`s and copied into the batch; everything else stays in the span bytes.
+
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use tracekeeper_abi::{BatchWriter, MAX_VALUE_DEPTH, Section, SpanFixed, SpanId, TraceId};
+
+use super::request::{Group, SpanInfo, span_field as sf};
+use super::wire::Fields;
+
+/// What the guest asked for, in a form fast to look up.
+#[derive(Debug, Clone, Default)]
+pub struct Interest {
+    span_keys: HashMap<Vec<u8>, u16>,
+    resource_keys: HashMap<Vec<u8>, u16>,
+    all_span_attributes: bool,
+    all_resource_attributes: bool,
+    links: bool,
+    events: bool,
+}
+
+impl Interest {
+    /// Builds the lookup tables; key lists longer than 65 534 entries are cut.
+    pub fn new(
+        span_attributes: &[String],
+        resource_attributes: &[String],
+        all_span_attributes: bool,
+        all_resource_attributes: bool,
+        links: bool,
+        events: bool,
+    ) -> Self {
+        let index = |keys: &[String]| {
+            keys.iter()
+                .take(usize::from(tracekeeper_abi::KEY_INLINE))
+                .enumerate()
+                .map(|(i, k)| (k.as_bytes().to_vec(), i as u16))
+                .collect()
+        };
+        Interest {
+            span_keys: index(span_attributes),
+            resource_keys: index(resource_attributes),
+            all_span_attributes,
+            all_resource_attributes,
+            links,
+            events,
+        }
+    }
+
+    fn wants_span_attributes(&self) -> bool {
+        self.all_span_attributes || !self.span_keys.is_empty()
+    }
+}
+
+/// Accumulates span views for one guest call.
+#[derive(Debug, Default)]
+pub struct ViewBuilder {
+    writer: BatchWriter,
+    /// Resource record index written for each group pointer seen in this batch.
+    resources: HashMap<usize, u32>,
+}
+
+impl ViewBuilder {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of spans added.
+    pub fn span_count(&self) -> usize {
+        self.writer.span_count()
+    }
+
+    /// The batch bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.writer.as_bytes()
+    }
+
+    /// Finishes the batch.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.writer.finish()
+    }
+
+    /// Empties the batch for reuse.
+    pub fn clear(&mut self) {
+        self.writer.clear();
+        self.resources.clear();
+    }
+
+    /// Adds one span (its encoded bytes and the fields already read) under its group. Groups are
+    /// told apart by address, so the caller keeps them alive while the batch is built.
+    pub fn add(&mut self, interest: &Interest, group: &Arc<Group>, bytes: &[u8], info: &SpanInfo) {
+        let key = Arc::as_ptr(group) as usize;
+        let resource = match self.resources.get(&key) {
+            Some(&r) => r,
+            None => {
+                let (r, mut s) = self.writer.begin_resource();
+                if let Some(res) = group.resource() {
+                    write_attributes(
+                        &mut self.writer,
+                        &mut s,
+                        res,
+                        1,
+                        &interest.resource_keys,
+                        interest.all_resource_attributes,
+                    );
+                }
+                self.writer.end_section(s);
+                self.resources.insert(key, r);
+                r
+            }
+        };
+        let fixed = SpanFixed {
+            trace_id: info.trace_id,
+            span_id: info.span_id,
+            parent_span_id: info.parent_span_id,
+            start_unix_nano: info.start_unix_nano,
+            end_unix_nano: info.end_unix_nano,
+            encoded_len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+            resource,
+            kind: info.kind,
+            status_code: info.status_code,
+            flags: info.flags,
+        };
+        let w = &mut self.writer;
+        w.begin_span(&fixed, info.name.as_bytes(), info.trace_state.as_bytes());
+        let mut attrs = w.begin_section();
+        if interest.wants_span_attributes() {
+            write_attributes(
+                w,
+                &mut attrs,
+                bytes,
+                sf::ATTRIBUTES,
+                &interest.span_keys,
+                interest.all_span_attributes,
+            );
+        }
+        w.end_section(attrs);
+        let mut links = w.begin_section();
+        if interest.links {
+            for f in Fields::new(bytes).filter_map(Result::ok) {
+                if f.number == sf::LINKS
+                    && let Ok(link) = f.bytes()
+                    && let Some((t, s)) = read_link(link)
+                {
+                    w.link(&mut links, &t, &s);
+                }
+            }
+        }
+        w.end_section(links);
+        let mut events = w.begin_section();
+        if interest.events {
+            for f in Fields::new(bytes).filter_map(Result::ok) {
+                if f.number == sf::EVENTS
+                    && let Ok(ev) = f.bytes()
+                {
+                    write_event(w, &mut events, ev, interest);
+                }
+            }
+        }
+        w.end_section(events);
+    }
+}
+
+fn read_link(b: &[u8]) -> Option<(TraceId, SpanId)> {
+    let mut t = None;
+    let mut s = None;
+    for f in Fields::new(b).filter_map(Result::ok) {
+        match f.number {
+            1 => t = f.bytes().ok().and_then(|b| <[u8; 16]>::try_from(b).ok()),
+            2 => s = f.bytes().ok().and_then(|b| <[u8; 8]>::try_from(b).ok()),
+            _ => {}
+        }
+    }
+    Some((TraceId(t?), SpanId(s?)))
+}
+
+fn write_event(w: &mut BatchWriter, events: &mut Section, ev: &[u8], interest: &Interest) {
+    let mut name: &[u8] = b"";
+    let mut time = 0;
+    for f in Fields::new(ev).filter_map(Result::ok) {
+        match f.number {
+            1 => time = f.fixed64().unwrap_or(0),
+            2 => name = f.bytes().unwrap_or(b""),
+            _ => {}
+        }
+    }
+    w.event(events, name, time);
+    let mut attrs = w.begin_section();
+    write_attributes(
+        w,
+        &mut attrs,
+        ev,
+        3,
+        &interest.span_keys,
+        interest.all_span_attributes,
+    );
+    w.end_section(attrs);
+}
+
+/// Where the next value goes: an attribute (indexed or inline key) or an array item.
+enum Slot<'k> {
+    Indexed(u16),
+    Inline(&'k [u8]),
+    Item,
+}
+
+/// Writes the attributes (repeated `KeyValue` at `field` of `msg`) that `keys` selects, or all.
+fn write_attributes(
+    w: &mut BatchWriter,
+    s: &mut Section,
+    msg: &[u8],
+    field: u32,
+    keys: &HashMap<Vec<u8>, u16>,
+    all: bool,
+) {
+    for f in Fields::new(msg).filter_map(Result::ok) {
+        if f.number != field {
+            continue;
+        }
+        let Ok(kv) = f.bytes() else { continue };
+        let (key, value) = split_key_value(kv);
+        if all {
+            write_any_value(w, s, Slot::Inline(key), 0, value);
+        } else if let Some(&i) = keys.get(key) {
+            write_any_value(w, s, Slot::Indexed(i), 0, value);
+        }
+    }
+}
+
+fn split_key_value(kv: &[u8]) -> (&[u8], &[u8]) {
+    let mut key: &[u8] = b"";
+    let mut value: &[u8] = b"";
+    for f in Fields::new(kv).filter_map(Result::ok) {
+        match f.number {
+            1 => key = f.bytes().unwrap_or(b""),
+            2 => value = f.bytes().unwrap_or(b""),
+            _ => {}
+        }
+    }
+    (key, value)
+}
+
+/// Converts an encoded `AnyValue` into the layout's value encoding, in `slot` of section `s`.
+fn write_any_value(w: &mut BatchWriter, s: &mut Section, slot: Slot<'_>, depth: usize, any: &[u8]) {
+    let v = match slot {
+        Slot::Indexed(i) => w.attr_indexed(s, i),
+        Slot::Inline(k) => w.attr_inline(s, k),
+        Slot::Item => w.array_item(s),
+    };
+    let Some(f) = Fields::new(any).filter_map(Result::ok).last() else {
+        return v.empty();
+    };
+    match f.number {
+        1 => v.str(f.bytes().unwrap_or(b"")),
+        2 => v.bool(f.varint().unwrap_or(0) != 0),
+        3 => v.int(f.varint().unwrap_or(0) as i64),
+        4 => v.double(f64::from_bits(f.fixed64().unwrap_or(0))),
+        7 => v.bytes(f.bytes().unwrap_or(b"")),
+        5 if depth < MAX_VALUE_DEPTH => {
+            // ArrayValue { repeated AnyValue values = 1 }
+            let mut items = v.begin_array();
+            for item in Fields::new(f.bytes().unwrap_or(b"")).filter_map(Result::ok) {
+                if item.number == 1 {
+                    let b = item.bytes().unwrap_or(b"");
+                    write_any_value(w, &mut items, Slot::Item, depth + 1, b);
+                }
+            }
+            w.end_section(items);
+        }
+        6 if depth < MAX_VALUE_DEPTH => {
+            // KeyValueList { repeated KeyValue values = 1 }
+            let mut entries = v.begin_kvlist();
+            for kv in Fields::new(f.bytes().unwrap_or(b"")).filter_map(Result::ok) {
+                if kv.number == 1 {
+                    let (key, value) = split_key_value(kv.bytes().unwrap_or(b""));
+                    write_any_value(w, &mut entries, Slot::Inline(key), depth + 1, value);
+                }
+            }
+            w.end_section(entries);
+        }
+        _ => v.empty(),
+    }
+}

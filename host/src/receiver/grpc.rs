@@ -1,0 +1,133 @@
+//! The OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+//!
+//! The service is written out (rather than generated) so that it can take the request as raw
+//! bytes through [`RawCodec`] and hand them to the wire walker without a protobuf decode.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use prost::Message;
+use tonic::body::Body;
+use tonic::codec::CompressionEncoding;
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::{Code, Status};
+
+use super::{Ingest, IngestError};
+use crate::otlp::codec::{EXPORT_PATH, RawCodec};
+use crate::otlp::json::response;
+use crate::shutdown::Shutdown;
+
+/// The trace service, routing only `Export`.
+#[derive(Debug, Clone)]
+pub struct TraceService {
+    ingest: Ingest,
+    max_message_bytes: usize,
+}
+
+impl NamedService for TraceService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+#[derive(Clone)]
+struct Export(Ingest);
+
+impl UnaryService<Bytes> for Export {
+    type Response = Bytes;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<tonic::Response<Bytes>, Status>> + Send>,
+    >;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let ingest = self.0.clone();
+        Box::pin(async move {
+            let body = request.into_inner();
+            match ingest.submit(body, "grpc").await {
+                Ok(a) => Ok(tonic::Response::new(Bytes::from(
+                    response(a.rejected, &a.message).encode_to_vec(),
+                ))),
+                Err(IngestError::Malformed(m)) => Err(Status::invalid_argument(m)),
+                Err(IngestError::Unavailable) => Err(Status::unavailable(
+                    IngestError::Unavailable.to_string(),
+                )),
+            }
+        })
+    }
+}
+
+impl<B> tower_service::Service<http::Request<B>> for TraceService
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != EXPORT_PATH {
+            return Box::pin(async move {
+                Ok(Status::unimplemented("only TraceService/Export is served").into_http())
+            });
+        }
+        let ingest = self.ingest.clone();
+        let max = self.max_message_bytes;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(RawCodec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(max);
+            let mut resp = grpc.unary(Export(ingest), req).await;
+            too_large_is_resource_exhausted(&mut resp);
+            Ok(resp)
+        })
+    }
+}
+
+/// tonic answers OUT_OF_RANGE for a message over the size limit; the OTLP spec's answer for
+/// "too large" is RESOURCE_EXHAUSTED (which tonic already uses for decompression bombs).
+fn too_large_is_resource_exhausted(resp: &mut http::Response<Body>) {
+    let h = resp.headers_mut();
+    let is_out_of_range = h
+        .get(Status::GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        == Some(Code::OutOfRange as i32);
+    if is_out_of_range {
+        h.insert(
+            Status::GRPC_STATUS,
+            http::HeaderValue::from(Code::ResourceExhausted as i32),
+        );
+    }
+}
+
+/// Serves OTLP/gRPC on `addr` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ingest: Ingest,
+    max_message_bytes: usize,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    let svc = TraceService {
+        ingest,
+        max_message_bytes,
+    };
+    tracing::info!(?addr, "OTLP/gRPC receiver listening");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.wait(),
+        )
+        .await?;
+    Ok(())
+}

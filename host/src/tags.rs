@@ -1,0 +1,317 @@
+//! Tags written on exported spans, appended to the encoded span without re-encoding it.
+//!
+//! Protobuf concatenates repeated fields and lets the last occurrence of a singular field win,
+//! so `tracekeeper.*` attributes are appended as extra `attributes` (field 9) entries and a new
+//! `trace_state` (field 3) is appended after the original one.
+
+use tracekeeper_abi::{Completeness, ThresholdOp};
+
+use crate::otlp::request::span_field as sf;
+use crate::otlp::wire::{Fields, put_len_field, put_len_header, varint_len};
+
+/// Attribute: name of the policy that kept the trace.
+pub const ATTR_POLICY: &str = "tracekeeper.policy";
+/// Attribute: `complete` or `incomplete`.
+pub const ATTR_COMPLETENESS: &str = "tracekeeper.completeness";
+/// Attribute: what is missing (string array).
+pub const ATTR_MISSING: &str = "tracekeeper.completeness.missing";
+/// Attribute: the span arrived after its trace was decided.
+pub const ATTR_LATE: &str = "tracekeeper.late";
+/// Attribute: kept because the guest failed.
+pub const ATTR_FAIL_OPEN: &str = "tracekeeper.fail_open";
+
+/// Everything the host writes on the spans of one kept trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceTags {
+    /// The deciding policy (empty when kept by fail-open).
+    pub policy: String,
+    /// Completeness, when the guest judged it.
+    pub completeness: Option<Completeness>,
+    /// Missing entries.
+    pub missing: Vec<String>,
+    /// What to do to the `th` of each span's tracestate.
+    pub threshold: ThresholdOp,
+    /// Kept because the guest failed.
+    pub fail_open: bool,
+    /// Further string attributes the guest asked for.
+    pub extra: Vec<(String, String)>,
+    /// The encoded attribute fields (precomputed once per trace).
+    encoded: Vec<u8>,
+    /// The same plus `tracekeeper.late=true`.
+    encoded_late: Vec<u8>,
+}
+
+impl TraceTags {
+    /// Builds the tags and their encoding.
+    pub fn new(
+        policy: String,
+        completeness: Option<Completeness>,
+        missing: Vec<String>,
+        threshold: ThresholdOp,
+        fail_open: bool,
+        extra: Vec<(String, String)>,
+    ) -> Self {
+        let mut t = TraceTags {
+            policy,
+            completeness,
+            missing,
+            threshold,
+            fail_open,
+            extra,
+            encoded: Vec::new(),
+            encoded_late: Vec::new(),
+        };
+        let mut enc = Vec::new();
+        if !t.policy.is_empty() {
+            put_string_attr(&mut enc, ATTR_POLICY, &t.policy);
+        }
+        if let Some(c) = t.completeness {
+            put_string_attr(&mut enc, ATTR_COMPLETENESS, c.as_str());
+        }
+        if !t.missing.is_empty() {
+            put_string_array_attr(&mut enc, ATTR_MISSING, &t.missing);
+        }
+        if t.fail_open {
+            put_bool_attr(&mut enc, ATTR_FAIL_OPEN, true);
+        }
+        for (k, v) in &t.extra {
+            put_string_attr(&mut enc, k, v);
+        }
+        let mut late = enc.clone();
+        put_bool_attr(&mut late, ATTR_LATE, true);
+        t.encoded = enc;
+        t.encoded_late = late;
+        t
+    }
+
+    /// Tags for a trace kept because the guest failed.
+    pub fn fail_open() -> Self {
+        TraceTags::new(
+            String::new(),
+            None,
+            Vec::new(),
+            ThresholdOp::Keep,
+            true,
+            Vec::new(),
+        )
+    }
+
+    /// Appends `span` (an encoded `Span`) as a `spans` field (number 2 of `ScopeSpans`), with
+    /// the tags added.
+    pub fn write_span(&self, out: &mut Vec<u8>, span: &[u8], late: bool) {
+        let attrs = if late {
+            &self.encoded_late
+        } else {
+            &self.encoded
+        };
+        let new_state = match self.threshold {
+            ThresholdOp::Keep => None,
+            op => {
+                let old = current_trace_state(span);
+                let new = rewrite_threshold(old, op);
+                (new != old).then_some(new)
+            }
+        };
+        let state_len = new_state
+            .as_ref()
+            .map(|s| 1 + varint_len(s.len() as u64) + s.len())
+            .unwrap_or(0);
+        put_len_header(out, 2, span.len() + attrs.len() + state_len);
+        out.extend_from_slice(span);
+        out.extend_from_slice(attrs);
+        if let Some(s) = new_state {
+            put_len_field(out, sf::TRACE_STATE, s.as_bytes());
+        }
+    }
+}
+
+/// The last `trace_state` of an encoded span (the one a decoder keeps).
+fn current_trace_state(span: &[u8]) -> &str {
+    Fields::new(span)
+        .filter_map(Result::ok)
+        .filter(|f| f.number == sf::TRACE_STATE)
+        .last()
+        .and_then(|f| f.str().ok())
+        .unwrap_or("")
+}
+
+fn put_key_value(out: &mut Vec<u8>, key: &str, any_value: &[u8]) {
+    let kv_len = 1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any_value.len() as u64) + any_value.len();
+    put_len_header(out, sf::ATTRIBUTES, kv_len);
+    put_len_field(out, 1, key.as_bytes());
+    put_len_field(out, 2, any_value);
+}
+
+fn any_string(v: &str) -> Vec<u8> {
+    let mut a = Vec::with_capacity(v.len() + 2);
+    put_len_field(&mut a, 1, v.as_bytes());
+    a
+}
+
+fn put_string_attr(out: &mut Vec<u8>, key: &str, v: &str) {
+    put_key_value(out, key, &any_string(v));
+}
+
+fn put_bool_attr(out: &mut Vec<u8>, key: &str, v: bool) {
+    // AnyValue { bool_value = 2 }
+    let any = [0x10, u8::from(v)];
+    put_key_value(out, key, &any);
+}
+
+fn put_string_array_attr(out: &mut Vec<u8>, key: &str, values: &[String]) {
+    // AnyValue { array_value = 5: ArrayValue { repeated AnyValue values = 1 } }
+    let mut array = Vec::new();
+    for v in values {
+        put_len_field(&mut array, 1, &any_string(v));
+    }
+    let mut any = Vec::new();
+    put_len_field(&mut any, 5, &array);
+    put_key_value(out, key, &any);
+}
+
+/// Number of hex digits of a full-precision threshold.
+const TH_DIGITS: usize = 14;
+/// 2^56, one more than the largest threshold.
+const TH_MAX: u64 = 1 << 56;
+
+/// Formats a 56-bit rejection threshold as the OpenTelemetry `th` value: 14 hex digits with
+/// trailing zeros removed (`0` for "keep everything").
+pub fn format_threshold(th: u64) -> String {
+    let s = format!("{:014x}", th.min(TH_MAX - 1));
+    let t = s.trim_end_matches('0');
+    if t.is_empty() { "0".into() } else { t.into() }
+}
+
+/// Parses a `th` value (1 to 14 hex digits, right-padded with zeros).
+pub fn parse_threshold(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > TH_DIGITS || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let v = u64::from_str_radix(s, 16).ok()?;
+    Some(v << (4 * (TH_DIGITS - s.len())))
+}
+
+/// Applies a threshold operation to a W3C `tracestate`, touching only `th` in the `ot` entry.
+/// `Raise(t)` never lowers an incoming threshold (equalizing); the modified `ot` entry moves to
+/// the front as W3C requires of updated entries.
+pub fn rewrite_threshold(trace_state: &str, op: ThresholdOp) -> String {
+    let mut ot: Vec<String> = Vec::new();
+    let mut others: Vec<&str> = Vec::new();
+    let mut incoming: Option<u64> = None;
+    for member in trace_state.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+        if let Some(v) = member.strip_prefix("ot=") {
+            for sub in v.split(';').filter(|s| !s.is_empty()) {
+                match sub.strip_prefix("th:") {
+                    Some(th) => incoming = parse_threshold(th),
+                    None => ot.push(sub.to_string()),
+                }
+            }
+        } else {
+            others.push(member);
+        }
+    }
+    let th = match op {
+        ThresholdOp::Keep => return trace_state.to_string(),
+        ThresholdOp::Erase => None,
+        ThresholdOp::Raise(t) => Some(incoming.map_or(t, |i| i.max(t))),
+    };
+    if let Some(th) = th {
+        ot.insert(0, format!("th:{}", format_threshold(th)));
+    }
+    let mut out = String::with_capacity(trace_state.len() + 20);
+    if !ot.is_empty() {
+        out.push_str("ot=");
+        out.push_str(&ot.join(";"));
+    }
+    for m in others {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(m);
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use prost::Message;
+
+    #[test]
+    fn thresholds_format_and_parse() {
+        assert_eq!(format_threshold(0), "0");
+        // 10% kept: reject 90% → 0.9 * 2^56
+        let th = (0.9 * TH_MAX as f64).round() as u64;
+        assert_eq!(format_threshold(th), "e6666666666668");
+        assert_eq!(format_threshold(1 << 55), "8");
+        assert_eq!(parse_threshold("8"), Some(1 << 55));
+        assert_eq!(parse_threshold("e6666666666668"), Some(th));
+        assert_eq!(parse_threshold("xyz"), None);
+        assert_eq!(parse_threshold("123456789012345"), None);
+    }
+
+    #[test]
+    fn equalizing_never_lowers_incoming_threshold() {
+        let ours = 1u64 << 55; // 50%
+        assert_eq!(rewrite_threshold("", ThresholdOp::Raise(ours)), "ot=th:8");
+        // Incoming 25% (th:c) is stricter than ours: kept.
+        assert_eq!(
+            rewrite_threshold("vendor=x,ot=th:c;rv:0123", ThresholdOp::Raise(ours)),
+            "ot=th:c;rv:0123,vendor=x"
+        );
+        // Incoming 75% (th:4) is laxer: raised to ours.
+        assert_eq!(rewrite_threshold("ot=th:4", ThresholdOp::Raise(ours)), "ot=th:8");
+        assert_eq!(rewrite_threshold("ot=th:4,a=b", ThresholdOp::Erase), "a=b");
+        assert_eq!(rewrite_threshold("ot=th:4;rv:ab", ThresholdOp::Erase), "ot=rv:ab");
+        assert_eq!(rewrite_threshold("ot=th:4", ThresholdOp::Keep), "ot=th:4");
+    }
+
+    #[test]
+    fn appended_tags_decode_as_attributes() {
+        let span = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            trace_state: "ot=th:4".into(),
+            name: "x".into(),
+            ..Default::default()
+        };
+        let tags = TraceTags::new(
+            "baseline".into(),
+            Some(Completeness::Incomplete),
+            vec!["root".into(), "parent:0102030405060708".into()],
+            ThresholdOp::Raise(1 << 55),
+            false,
+            vec![],
+        );
+        let mut out = Vec::new();
+        tags.write_span(&mut out, &span.encode_to_vec(), true);
+        // `out` is a ScopeSpans `spans` field: tag byte, length, span.
+        let mut s = &out[1..];
+        let len = crate::otlp::wire::read_varint(&mut s).unwrap() as usize;
+        assert_eq!(len, s.len());
+        let decoded = Span::decode(s).unwrap();
+        assert_eq!(decoded.trace_state, "ot=th:8");
+        let get = |k: &str| {
+            decoded
+                .attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.clone())
+                .and_then(|v| v.value)
+        };
+        assert_eq!(get(ATTR_POLICY), Some(Value::StringValue("baseline".into())));
+        assert_eq!(
+            get(ATTR_COMPLETENESS),
+            Some(Value::StringValue("incomplete".into()))
+        );
+        assert_eq!(get(ATTR_LATE), Some(Value::BoolValue(true)));
+        let Some(Value::ArrayValue(a)) = get(ATTR_MISSING) else {
+            panic!("missing is an array")
+        };
+        assert_eq!(a.values.len(), 2);
+        assert_eq!(get(ATTR_FAIL_OPEN), None);
+    }
+}

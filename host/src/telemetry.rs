@@ -1,0 +1,220 @@
+//! The host's own telemetry: Prometheus metrics on `/metrics` and the health endpoint.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label set `{protocol}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    /// `grpc` or `http`.
+    pub protocol: &'static str,
+}
+
+/// Label set `{reason}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why spans were dropped.
+    pub reason: &'static str,
+}
+
+/// Label set `{decision,policy}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// `sampled`, `not_sampled`, `dropped` or `fail_open`.
+    pub decision: &'static str,
+    /// The deciding policy.
+    pub policy: String,
+}
+
+/// Label set `{kind}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// `trap`, `timeout`, `memory` or `bad_answer`.
+    pub kind: &'static str,
+}
+
+/// Every metric the host exports (names in DESIGN.md section 5).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `tracekeeper_spans_received_total{protocol}`
+    pub spans_received: Family<ProtocolLabel, Counter>,
+    /// `tracekeeper_spans_exported_total`
+    pub spans_exported: Counter,
+    /// `tracekeeper_spans_dropped_total{reason}`
+    pub spans_dropped: Family<ReasonLabel, Counter>,
+    /// `tracekeeper_traces_decided_total{decision,policy}`
+    pub traces_decided: Family<DecisionLabels, Counter>,
+    /// `tracekeeper_traces_in_memory`
+    pub traces_in_memory: Gauge,
+    /// `tracekeeper_spans_late_total`
+    pub spans_late: Counter,
+    /// `tracekeeper_guest_faults_total{kind}`
+    pub guest_faults: Family<KindLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tracekeeper");
+        let m = Metrics {
+            registry: Registry::default(),
+            spans_received: Family::default(),
+            spans_exported: Counter::default(),
+            spans_dropped: Family::default(),
+            traces_decided: Family::default(),
+            traces_in_memory: Gauge::default(),
+            spans_late: Counter::default(),
+            guest_faults: Family::default(),
+        };
+        registry.register(
+            "spans_received",
+            "Spans accepted by the receivers",
+            m.spans_received.clone(),
+        );
+        registry.register(
+            "spans_exported",
+            "Spans sent by the exporter",
+            m.spans_exported.clone(),
+        );
+        registry.register(
+            "spans_dropped",
+            "Spans not exported for a reason other than sampling",
+            m.spans_dropped.clone(),
+        );
+        registry.register(
+            "traces_decided",
+            "Traces decided, by decision and policy",
+            m.traces_decided.clone(),
+        );
+        registry.register(
+            "traces_in_memory",
+            "Traces buffered awaiting a decision",
+            m.traces_in_memory.clone(),
+        );
+        registry.register(
+            "spans_late",
+            "Spans that arrived after their trace was decided",
+            m.spans_late.clone(),
+        );
+        registry.register(
+            "guest_faults",
+            "Guest failures, by kind",
+            m.guest_faults.clone(),
+        );
+        // Families appear in the exposition only once they have a series: create the known
+        // ones at zero so dashboards and alerts see every name from the start.
+        for protocol in ["grpc", "http"] {
+            m.spans_received.get_or_create(&ProtocolLabel { protocol });
+        }
+        for kind in ["trap", "timeout", "memory", "bad_answer"] {
+            m.guest_faults.get_or_create(&KindLabel { kind });
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// Counts dropped spans.
+    pub fn drop_spans(&self, reason: &'static str, n: u64) {
+        self.spans_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(n);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Readiness shared by the receivers, the worker and the health endpoint.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+}
+
+impl Health {
+    /// Marks the process ready (receivers up, guest loaded) or not (starting, draining).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+    /// Current readiness.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves `GET /` (health: 200 ready, 503 otherwise) on `health_addr` and `GET /metrics` on
+/// `metrics_addr` until `shutdown` resolves.
+pub async fn serve(
+    health_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    shutdown: crate::shutdown::Shutdown,
+) -> anyhow::Result<()> {
+    let health_app = Router::new().route(
+        "/",
+        get(move || {
+            let h = Arc::clone(&health);
+            async move {
+                if h.is_ready() {
+                    (StatusCode::OK, "{\"status\":\"Server available\"}")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "{\"status\":\"Server not available\"}",
+                    )
+                }
+            }
+        }),
+    );
+    let metrics_app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = Arc::clone(&metrics);
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.render(),
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let hl = tokio::net::TcpListener::bind(health_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("extensions.health_check.endpoint {health_addr}: {e}"))?;
+    let ml = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("service.telemetry.metrics.address {metrics_addr}: {e}"))?;
+    let s1 = shutdown.clone();
+    let s2 = shutdown;
+    let h = axum::serve(hl, health_app).with_graceful_shutdown(async move { s1.wait().await });
+    let m = axum::serve(ml, metrics_app).with_graceful_shutdown(async move { s2.wait().await });
+    tokio::try_join!(async { h.await }, async { m.await })?;
+    Ok(())
+}
