@@ -19,7 +19,13 @@ fn main() {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| manifest_dir.clone());
-    for path in ["guest/src", "guest/Cargo.toml", "abi/src", "abi/Cargo.toml", "wit"] {
+    for path in [
+        "guest/src",
+        "guest/Cargo.toml",
+        "abi/src",
+        "abi/Cargo.toml",
+        "wit",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
@@ -70,5 +76,8 @@ fn main() {
     if !wasm.exists() {
         panic!("the guest build did not produce {}", wasm.display());
     }
-    println!("cargo:rustc-env=TRACEKEEPER_DEFAULT_GUEST={}", wasm.display());
+    println!(
+        "cargo:rustc-env=TRACEKEEPER_DEFAULT_GUEST={}",
+        wasm.display()
+    );
 }

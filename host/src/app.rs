@@ -45,7 +45,10 @@ pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
     let host_ts = config.host_tail_sampling()?;
 
     let (telemetry_stop, telemetry_shutdown) = shutdown::pair();
-    let health_addr = resolve(&config.health_endpoint(), "extensions.health_check.endpoint")?;
+    let health_addr = resolve(
+        &config.health_endpoint(),
+        "extensions.health_check.endpoint",
+    )?;
     let metrics_addr = resolve(
         &config.service.telemetry.metrics.address,
         "service.telemetry.metrics.address",
@@ -60,7 +63,11 @@ pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
 
     let module = load_guest(&config, guest)?;
     let exporter = Exporter::from_config(&config)?;
-    tracing::info!(guest = module.name(), exporter = exporter.name(), "starting");
+    tracing::info!(
+        guest = module.name(),
+        exporter = exporter.name(),
+        "starting"
+    );
     let (export_tx, export_task) = export::spawn(exporter, Arc::clone(&metrics));
     let settings = WorkerSettings {
         guest_config: config.guest_json(),
@@ -150,7 +157,10 @@ pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
     })
     .await;
     if drained.is_err() {
-        tracing::error!(?timeout, "shutdown_timeout reached before everything was exported");
+        tracing::error!(
+            ?timeout,
+            "shutdown_timeout reached before everything was exported"
+        );
     }
     telemetry_stop.trigger();
     let _ = tokio::time::timeout(Duration::from_secs(1), telemetry_task).await;
@@ -162,7 +172,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {},

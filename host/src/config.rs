@@ -554,16 +554,25 @@ pub fn resolve(endpoint: &str, key: &str) -> Result<SocketAddr, ConfigError> {
 /// Turns a serde error at `path` into `path.key: message`, naming an unknown key in the path.
 fn describe(path: &str, inner: &str) -> String {
     let path = if path == "." { "" } else { path };
-    if let Some(rest) = inner.strip_prefix("unknown field `")
-        && let Some((key, expected)) = rest.split_once('`')
-    {
-        let full = if path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{path}.{key}")
-        };
-        return format!("{full}: unknown key{expected}");
+    if let Some(at) = inner.find("unknown field `") {
+        let rest = &inner[at + "unknown field `".len()..];
+        if let Some((key, expected)) = rest.split_once('`') {
+            // serde_path_to_error's path may or may not already end with the unknown key.
+            let full = if path.is_empty() {
+                key.to_string()
+            } else if path.ends_with(key) {
+                path.to_string()
+            } else {
+                format!("{path}.{key}")
+            };
+            return format!("{full}: unknown key{expected}");
+        }
     }
+    // serde_yaml_ng prefixes its own path; keep one.
+    let inner = inner
+        .strip_prefix(path)
+        .and_then(|r| r.strip_prefix(": "))
+        .unwrap_or(inner);
     if path.is_empty() {
         inner.to_string()
     } else {
@@ -588,11 +597,7 @@ pub fn expand_env(text: &str) -> Result<String, ConfigError> {
             })?;
             let name = &after[..end];
             let name = name.strip_prefix("env:").unwrap_or(name);
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(ConfigError(format!(
                     "invalid environment reference ${{{name}}} in configuration"
                 )));
@@ -650,17 +655,21 @@ mod tests {
 
     #[test]
     fn exactly_one_exporter() {
-        let e = Config::parse("receivers: {otlp: {protocols: {grpc:}}}\nexporters: {debug:, file: {path: x}}")
-            .unwrap_err();
+        let e = Config::parse(
+            "receivers: {otlp: {protocols: {grpc: {}}}}\nexporters: {debug: {}, file: {path: x}}",
+        )
+        .unwrap_err();
         assert!(e.0.contains("exactly one exporter"), "{e}");
-        let e = Config::parse("receivers: {otlp: {protocols: {grpc:}}}").unwrap_err();
+        let e = Config::parse("receivers: {otlp: {protocols: {grpc: {}}}}").unwrap_err();
         assert!(e.0.contains("found 0"), "{e}");
     }
 
     #[test]
     fn empty_sections_enable_with_defaults() {
-        let c = Config::parse("receivers:\n  otlp:\n    protocols:\n      grpc:\nexporters:\n  debug:\n")
-            .unwrap();
+        let c = Config::parse(
+            "receivers:\n  otlp:\n    protocols:\n      grpc:\nexporters:\n  debug:\n",
+        )
+        .unwrap();
         let g = c.receivers.otlp.protocols.grpc.unwrap();
         assert_eq!(g.endpoint, DEFAULT_GRPC_ENDPOINT);
         assert!(c.receivers.otlp.protocols.http.is_none());
@@ -690,16 +699,19 @@ mod tests {
     #[test]
     fn host_keys_of_tail_sampling() {
         let c = Config::parse(
-            "exporters: {debug: {}}\nprocessors: {tail_sampling: {num_traces: 7, decision_cache: {sampled_cache_size: 3}}}",
+            "receivers: {otlp: {protocols: {grpc: {}}}}\nexporters: {debug: {}}\nprocessors: {tail_sampling: {num_traces: 7, decision_cache: {sampled_cache_size: 3}}}",
         )
         .unwrap();
         let t = c.host_tail_sampling().unwrap();
         assert_eq!(t.num_traces, Some(7));
         assert_eq!(t.decision_cache.sampled_cache_size, Some(3));
         let e = Config::parse(
-            "exporters: {debug: {}}\nprocessors: {tail_sampling: {num_traces: many}}",
+            "receivers: {otlp: {protocols: {grpc: {}}}}\nexporters: {debug: {}}\nprocessors: {tail_sampling: {num_traces: many}}",
         )
         .unwrap_err();
-        assert!(e.0.starts_with("processors.tail_sampling.num_traces:"), "{e}");
+        assert!(
+            e.0.starts_with("processors.tail_sampling.num_traces:"),
+            "{e}"
+        );
     }
 }

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use tracekeeper::config::{Config, DEFAULT_CONFIG};
 
 #[derive(Parser)]
-#[command(name = "tracekeeper", version, about = "Tail sampling for OpenTelemetry traces, with the rules in WebAssembly")]
+#[command(
+    name = "tracekeeper",
+    version,
+    about = "Tail sampling for OpenTelemetry traces, with the rules in WebAssembly"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,7 +44,9 @@ enum Command {
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     let text = match path {
-        Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
         None => DEFAULT_CONFIG.to_string(),
     };
     let config = Config::parse(&text).map_err(|e| match path {

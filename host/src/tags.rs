@@ -136,7 +136,12 @@ fn current_trace_state(span: &[u8]) -> &str {
 }
 
 fn put_key_value(out: &mut Vec<u8>, key: &str, any_value: &[u8]) {
-    let kv_len = 1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any_value.len() as u64) + any_value.len();
+    let kv_len = 1
+        + varint_len(key.len() as u64)
+        + key.len()
+        + 1
+        + varint_len(any_value.len() as u64)
+        + any_value.len();
     put_len_header(out, sf::ATTRIBUTES, kv_len);
     put_len_field(out, 1, key.as_bytes());
     put_len_field(out, 2, any_value);
@@ -198,7 +203,11 @@ pub fn rewrite_threshold(trace_state: &str, op: ThresholdOp) -> String {
     let mut ot: Vec<String> = Vec::new();
     let mut others: Vec<&str> = Vec::new();
     let mut incoming: Option<u64> = None;
-    for member in trace_state.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+    for member in trace_state
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
         if let Some(v) = member.strip_prefix("ot=") {
             for sub in v.split(';').filter(|s| !s.is_empty()) {
                 match sub.strip_prefix("th:") {
@@ -263,9 +272,15 @@ mod tests {
             "ot=th:c;rv:0123,vendor=x"
         );
         // Incoming 75% (th:4) is laxer: raised to ours.
-        assert_eq!(rewrite_threshold("ot=th:4", ThresholdOp::Raise(ours)), "ot=th:8");
+        assert_eq!(
+            rewrite_threshold("ot=th:4", ThresholdOp::Raise(ours)),
+            "ot=th:8"
+        );
         assert_eq!(rewrite_threshold("ot=th:4,a=b", ThresholdOp::Erase), "a=b");
-        assert_eq!(rewrite_threshold("ot=th:4;rv:ab", ThresholdOp::Erase), "ot=rv:ab");
+        assert_eq!(
+            rewrite_threshold("ot=th:4;rv:ab", ThresholdOp::Erase),
+            "ot=rv:ab"
+        );
         assert_eq!(rewrite_threshold("ot=th:4", ThresholdOp::Keep), "ot=th:4");
     }
 
@@ -302,7 +317,10 @@ mod tests {
                 .and_then(|a| a.value.clone())
                 .and_then(|v| v.value)
         };
-        assert_eq!(get(ATTR_POLICY), Some(Value::StringValue("baseline".into())));
+        assert_eq!(
+            get(ATTR_POLICY),
+            Some(Value::StringValue("baseline".into()))
+        );
         assert_eq!(
             get(ATTR_COMPLETENESS),
             Some(Value::StringValue("incomplete".into()))

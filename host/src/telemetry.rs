@@ -122,10 +122,10 @@ impl Metrics {
         // Families appear in the exposition only once they have a series: create the known
         // ones at zero so dashboards and alerts see every name from the start.
         for protocol in ["grpc", "http"] {
-            m.spans_received.get_or_create(&ProtocolLabel { protocol });
+            drop(m.spans_received.get_or_create(&ProtocolLabel { protocol }));
         }
         for kind in ["trap", "timeout", "memory", "bad_answer"] {
-            m.guest_faults.get_or_create(&KindLabel { kind });
+            drop(m.guest_faults.get_or_create(&KindLabel { kind }));
         }
         Metrics { registry, ..m }
     }

@@ -235,12 +235,7 @@ impl Worker {
             self.buffer.compact();
             return;
         }
-        let ids: Vec<u8> = self
-            .buffer
-            .oldest(over)
-            .iter()
-            .flat_map(|t| t.0)
-            .collect();
+        let ids: Vec<u8> = self.buffer.oldest(over).iter().flat_map(|t| t.0).collect();
         tracing::warn!(
             traces = over,
             num_traces = self.settings.num_traces,
@@ -267,7 +262,10 @@ impl Worker {
             match self.module.instantiate(&self.settings.guest_config) {
                 Ok((inst, _)) => self.instance = Some(inst),
                 Err(e) => {
-                    tracing::error!(guest = self.module.name(), "re-creating the guest failed: {e:#}");
+                    tracing::error!(
+                        guest = self.module.name(),
+                        "re-creating the guest failed: {e:#}"
+                    );
                     return Ok(None);
                 }
             }
@@ -378,7 +376,13 @@ impl Worker {
         }
     }
 
-    async fn add_to_export(&mut self, group: &Arc<Group>, span: &[u8], tags: &TraceTags, late: bool) {
+    async fn add_to_export(
+        &mut self,
+        group: &Arc<Group>,
+        span: &[u8],
+        tags: &TraceTags,
+        late: bool,
+    ) {
         self.builder.add(group, span, tags, late);
         self.builder_bytes += span.len() + 64;
         if self.builder_bytes >= MAX_EXPORT_REQUEST_BYTES {
@@ -393,7 +397,12 @@ impl Worker {
         let spans = self.builder.span_count();
         let body = Bytes::from(self.builder.finish());
         self.builder_bytes = 0;
-        if self.export.send(ExportRequest { body, spans }).await.is_err() {
+        if self
+            .export
+            .send(ExportRequest { body, spans })
+            .await
+            .is_err()
+        {
             self.metrics.drop_spans("exporter_stopped", spans as u64);
         }
     }
@@ -402,16 +411,23 @@ impl Worker {
         if self.settings.drop_pending_on_shutdown {
             let traces = self.buffer.drain();
             let spans: usize = traces.iter().map(|(_, e)| e.len()).sum();
-            tracing::info!(traces = traces.len(), "shutdown: dropping pending traces as configured");
+            tracing::info!(
+                traces = traces.len(),
+                "shutdown: dropping pending traces as configured"
+            );
             self.metrics.drop_spans("shutdown", spans as u64);
         } else {
-            tracing::info!(traces = self.buffer.len(), "shutdown: deciding pending traces");
+            tracing::info!(
+                traces = self.buffer.len(),
+                "shutdown: deciding pending traces"
+            );
             let now = now_unix_nanos();
             let answer = self.call(|g| g.flush(now));
             self.handle(answer).await;
             if !self.buffer.is_empty() {
                 // The guest did not decide some traces: keep them rather than lose them.
-                self.fail_open("bad_answer", "flush left traces undecided").await;
+                self.fail_open("bad_answer", "flush left traces undecided")
+                    .await;
             }
         }
         self.flush_export().await;

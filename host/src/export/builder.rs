@@ -9,13 +9,16 @@ use crate::otlp::request::Group;
 use crate::otlp::wire::{put_len_field, put_len_header};
 use crate::tags::TraceTags;
 
+/// The encoded `spans` fields under one scope (keyed by the scope's encoded fields).
+type ScopeSlot = (Vec<u8>, Vec<u8>);
+
 /// Accumulates tagged spans, grouped by resource then scope.
 #[derive(Debug, Default)]
 pub struct ExportBuilder {
     /// Resource fields → index into `resources`.
     by_resource: HashMap<Vec<u8>, usize>,
     /// Per resource: its fields, and per scope (by scope fields) the encoded `spans` fields.
-    resources: Vec<(Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>)>,
+    resources: Vec<(Vec<u8>, Vec<ScopeSlot>)>,
     /// Group address → (the group, resource index, scope index), to skip the lookups for
     /// repeat groups. Holding the `Arc` keeps the address from being reused while it is a key.
     by_group: HashMap<usize, (Arc<Group>, usize, usize)>,
@@ -107,6 +110,7 @@ mod tests {
             resource: Some(Resource {
                 attributes: vec![opentelemetry_proto::tonic::common::v1::KeyValue {
                     key: "service.name".into(),
+                    key_strindex: 0,
                     value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
                         value: Some(
                             opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(

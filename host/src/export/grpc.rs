@@ -18,7 +18,10 @@ pub struct GrpcExporter {
     channel: Channel,
     gzip: bool,
     timeout: Duration,
-    headers: Vec<(MetadataKey<tonic::metadata::Ascii>, MetadataValue<tonic::metadata::Ascii>)>,
+    headers: Vec<(
+        MetadataKey<tonic::metadata::Ascii>,
+        MetadataValue<tonic::metadata::Ascii>,
+    )>,
 }
 
 impl GrpcExporter {

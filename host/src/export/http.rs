@@ -54,8 +54,8 @@ impl HttpExporter {
 
     /// One attempt.
     pub async fn send(&mut self, body: &Bytes) -> Result<(), SendError> {
-        let mut builder = Request::post(self.url.clone())
-            .header(header::CONTENT_TYPE, "application/x-protobuf");
+        let mut builder =
+            Request::post(self.url.clone()).header(header::CONTENT_TYPE, "application/x-protobuf");
         let payload = if self.gzip {
             builder = builder.header(header::CONTENT_ENCODING, "gzip");
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

@@ -49,9 +49,9 @@ pub enum SendError {
 #[derive(Debug)]
 pub enum Exporter {
     /// OTLP/gRPC.
-    Grpc(grpc::GrpcExporter),
+    Grpc(Box<grpc::GrpcExporter>),
     /// OTLP/HTTP protobuf.
-    Http(http::HttpExporter),
+    Http(Box<http::HttpExporter>),
     /// OTLP JSON lines.
     File(file::FileExporter),
     /// Summary lines on stdout.
@@ -63,10 +63,10 @@ impl Exporter {
     pub fn from_config(config: &Config) -> anyhow::Result<Exporter> {
         let e = &config.exporters;
         if let Some(o) = &e.otlp {
-            return Ok(Exporter::Grpc(grpc::GrpcExporter::new(o)?));
+            return Ok(Exporter::Grpc(Box::new(grpc::GrpcExporter::new(o)?)));
         }
         if let Some(h) = &e.otlphttp {
-            return Ok(Exporter::Http(http::HttpExporter::new(h)?));
+            return Ok(Exporter::Http(Box::new(http::HttpExporter::new(h)?)));
         }
         if let Some(f) = &e.file {
             return Ok(Exporter::File(file::FileExporter::new(&f.path)?));

@@ -458,6 +458,7 @@ mod tests {
             }),
             attributes: vec![KeyValue {
                 key: "k".into(),
+                key_strindex: 0,
                 value: Some(AnyValue {
                     value: Some(any_value::Value::StringValue("v".into())),
                 }),
@@ -472,6 +473,7 @@ mod tests {
                 resource: Some(Resource {
                     attributes: vec![KeyValue {
                         key: "service.name".into(),
+                        key_strindex: 0,
                         value: Some(AnyValue {
                             value: Some(any_value::Value::StringValue("checkout".into())),
                         }),
@@ -554,6 +556,7 @@ mod tests {
         let mut s = span(1, 2, None);
         s.attributes.push(KeyValue {
             key: "deep".into(),
+            key_strindex: 0,
             value: Some(v),
         });
         let body = request(vec![s]);

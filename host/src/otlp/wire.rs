@@ -244,6 +244,7 @@ pub fn varint_len(v: u64) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -266,7 +267,9 @@ mod tests {
         let mut msg = Vec::new();
         put_varint_field(&mut msg, 6, 3);
         put_len_field(&mut msg, 5, b"name");
-        let fields: Vec<_> = Fields::new(&msg).collect::<Result<_, _>>().unwrap_or_default();
+        let fields: Vec<_> = Fields::new(&msg)
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
         assert_eq!(fields.len(), 2);
         assert_eq!(fields[0].varint(), Ok(3));
         assert_eq!(fields[1].str(), Ok("name"));

@@ -48,9 +48,9 @@ impl UnaryService<Bytes> for Export {
                     response(a.rejected, &a.message).encode_to_vec(),
                 ))),
                 Err(IngestError::Malformed(m)) => Err(Status::invalid_argument(m)),
-                Err(IngestError::Unavailable) => Err(Status::unavailable(
-                    IngestError::Unavailable.to_string(),
-                )),
+                Err(IngestError::Unavailable) => {
+                    Err(Status::unavailable(IngestError::Unavailable.to_string()))
+                }
             }
         })
     }

@@ -188,6 +188,7 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     }
 }
 
+#[derive(Debug)]
 enum Gunzip {
     TooLarge,
     Corrupt(std::io::Error),
@@ -209,7 +210,12 @@ fn gunzip_limited(data: &[u8], limit: usize) -> Result<Vec<u8>, Gunzip> {
 pub fn router(ingest: Ingest, max_body: usize) -> Router {
     Router::new()
         .route("/v1/traces", post(export))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found; OTLP traces go to POST /v1/traces") })
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "not found; OTLP traces go to POST /v1/traces",
+            )
+        })
         .with_state(HttpState { ingest, max_body })
 }
 
@@ -241,6 +247,9 @@ mod tests {
         assert!(bomb.len() < 4096);
         assert!(matches!(gunzip_limited(&bomb, 1000), Err(Gunzip::TooLarge)));
         assert_eq!(gunzip_limited(&bomb, 1 << 20).unwrap().len(), 1 << 20);
-        assert!(matches!(gunzip_limited(b"not gzip", 1000), Err(Gunzip::Corrupt(_))));
+        assert!(matches!(
+            gunzip_limited(b"not gzip", 1000),
+            Err(Gunzip::Corrupt(_))
+        ));
     }
 }

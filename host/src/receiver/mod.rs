@@ -58,10 +58,13 @@ impl Ingest {
 
     /// Checks and splits an encoded request, builds the guest's views of its spans, and queues
     /// it for the worker (waiting while the queue is full).
-    pub async fn submit(&self, body: Bytes, protocol: &'static str) -> Result<Accepted, IngestError> {
+    pub async fn submit(
+        &self,
+        body: Bytes,
+        protocol: &'static str,
+    ) -> Result<Accepted, IngestError> {
         let batch = {
-            let parsed =
-                parse_request(&body).map_err(|e| IngestError::Malformed(e.to_string()))?;
+            let parsed = parse_request(&body).map_err(|e| IngestError::Malformed(e.to_string()))?;
             let interest = match self.interest.read() {
                 Ok(i) => Arc::clone(&i),
                 Err(poisoned) => Arc::clone(&poisoned.into_inner()),
