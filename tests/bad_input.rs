@@ -402,6 +402,7 @@ fn good_client_unaffected_by_concurrent_bad_requests() {
 
     stop.store(true, Ordering::Relaxed);
     let (bad_sent, unexpected) = bad.join().expect("the bad client thread");
+    eprintln!("the bad client sent {bad_sent} requests meanwhile");
     assert!(bad_sent > 0, "the bad client sent nothing");
     assert!(
         unexpected.is_empty(),

@@ -548,3 +548,183 @@ fn sigterm_exports_pending_traces() {
     assert_kept(&received, &grpc_trace, "errors", "complete");
     assert_kept(&received, &http_trace, "errors", "complete");
 }
+
+/// An error, an orphan and an OK trace sent as raw protobuf over gRPC; returns them in that
+/// order, with the orphan's missing parent.
+fn send_three_raw(
+    runtime: &tokio::runtime::Runtime,
+    host: &Host,
+    service: &str,
+) -> (SentTrace, SentTrace, [u8; 8], SentTrace) {
+    let (error_request, error) = error_trace(service, "raw-scope", 2);
+    let orphan_tid = new_trace_id();
+    let (orphan_sid, orphan_parent) = (new_span_id(), new_span_id());
+    let mut orphan = SentTrace::new(orphan_tid);
+    orphan.add(orphan_sid, service, "raw-scope");
+    let ok_tid = new_trace_id();
+    let ok_sid = new_span_id();
+    let mut ok = SentTrace::new(ok_tid);
+    ok.add(ok_sid, service, "raw-scope");
+    let mut spans = error_request.resource_spans[0].scope_spans[0].spans.clone();
+    spans.push(span(
+        &orphan_tid,
+        &orphan_sid,
+        Some(&orphan_parent),
+        "orphan",
+        false,
+    ));
+    spans.push(span(&ok_tid, &ok_sid, None, "fine", false));
+    runtime
+        .block_on(grpc_export(
+            host.ports.grpc,
+            request(service, "raw-scope", spans),
+        ))
+        .expect("gRPC export");
+    (error, orphan, orphan_parent, ok)
+}
+
+/// The `otlphttp` exporter posts the kept traces as protobuf to `<endpoint>/v1/traces`.
+#[test]
+fn otlphttp_exporter_posts_kept_traces() {
+    let receiver = Receiver::start_http();
+    let mut host =
+        Host::start(&HostConfig::new(Exporter::OtlpHttp(receiver.port)).decision_wait("1s"));
+    let (error, orphan, orphan_parent, ok) = send_three_raw(&runtime(), &host, "via-http");
+    let mut keys = error.keys();
+    keys.extend(orphan.keys());
+    receiver.wait_for(&keys, "the kept traces at the OTLP/HTTP receiver", &host);
+    host.terminate_cleanly();
+    let received = receiver.spans();
+    assert_kept(&received, &error, "errors", "complete");
+    let got = assert_kept(&received, &orphan, "incomplete", "incomplete");
+    assert_missing_parent(&got, &orphan_parent);
+    assert_absent(
+        &received,
+        &ok.trace_id,
+        "a complete OK trace at a 0% baseline",
+    );
+    for content_type in receiver.content_types() {
+        assert!(
+            content_type.starts_with("application/x-protobuf"),
+            "the otlphttp exporter posted Content-Type {content_type:?}"
+        );
+    }
+}
+
+/// The `debug` exporter prints one summary line per kept trace on stdout, and none for a trace
+/// that was not kept.
+#[test]
+fn debug_exporter_prints_one_line_per_kept_trace() {
+    let mut host = Host::start(&HostConfig::new(Exporter::Debug).decision_wait("1s"));
+    let (error, orphan, _, ok) = send_three_raw(&runtime(), &host, "via-debug");
+    host.terminate_cleanly();
+    let stdout = host.stdout();
+    for (trace, policy) in [(&error, "errors"), (&orphan, "incomplete")] {
+        let id = hex(&trace.trace_id);
+        let lines: Vec<&str> = stdout.lines().filter(|l| l.contains(&id)).collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one debug line for trace {id}, stdout:\n{stdout}"
+        );
+        assert!(
+            lines[0].contains(policy),
+            "the debug line of trace {id} should name policy {policy}: {:?}",
+            lines[0]
+        );
+    }
+    assert!(
+        !stdout.contains(&hex(&ok.trace_id)),
+        "a trace that was not kept appears on stdout:\n{stdout}"
+    );
+}
+
+/// `/metrics` counts received spans by protocol, decisions by decision and policy, exported spans
+/// and the traces still in memory.
+#[test]
+fn metrics_count_received_decided_and_exported() {
+    let receiver = Receiver::start();
+    let host = Host::start(&HostConfig::new(Exporter::Otlp(receiver.port)).decision_wait("1s"));
+    let runtime = runtime();
+    // gRPC: an error trace of 3 spans. HTTP: an OK trace of 2 spans.
+    let (grpc_request, error) = error_trace("metered", "scope", 3);
+    runtime
+        .block_on(grpc_export(host.ports.grpc, grpc_request))
+        .expect("gRPC export");
+    let ok_tid = new_trace_id();
+    let (root, child) = (new_span_id(), new_span_id());
+    let ok_request = request(
+        "metered",
+        "scope",
+        vec![
+            span(&ok_tid, &root, None, "root", false),
+            span(&ok_tid, &child, Some(&root), "child", false),
+        ],
+    );
+    let answer = http_post(
+        &http_client(),
+        &host.http_url("/v1/traces"),
+        &[("content-type", "application/x-protobuf")],
+        ok_request.encode_to_vec(),
+    )
+    .expect("POST protobuf");
+    assert_eq!(answer.status, 200);
+    receiver.wait_for(&error.keys(), "the error trace", &host);
+
+    // Both traces are decided within a bounded time; poll until the counters say so.
+    let deadline = std::time::Instant::now() + EXPORT_TIMEOUT;
+    let samples = loop {
+        let samples = scrape(&host);
+        if metric_sum(&samples, "tracekeeper_traces_decided_total", &[]) >= 2.0
+            && metric_sum(&samples, "tracekeeper_spans_exported_total", &[]) >= 3.0
+        {
+            break samples;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the metrics never showed 2 decided traces and 3 exported spans: {samples:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let received = |protocol: &str| {
+        metric_sum(
+            &samples,
+            "tracekeeper_spans_received_total",
+            &[("protocol", protocol)],
+        )
+    };
+    assert_eq!(
+        metric_sum(&samples, "tracekeeper_spans_received_total", &[]),
+        5.0,
+        "spans received, all protocols: {samples:#?}"
+    );
+    assert_eq!(received("grpc"), 3.0, "spans received over gRPC");
+    assert_eq!(received("http"), 2.0, "spans received over HTTP");
+    assert_eq!(
+        metric_sum(
+            &samples,
+            "tracekeeper_traces_decided_total",
+            &[("decision", "sampled"), ("policy", "errors")]
+        ),
+        1.0,
+        "traces sampled by the errors policy"
+    );
+    assert_eq!(
+        metric_sum(
+            &samples,
+            "tracekeeper_traces_decided_total",
+            &[("decision", "not_sampled")]
+        ),
+        1.0,
+        "traces not sampled"
+    );
+    assert_eq!(
+        metric_sum(&samples, "tracekeeper_spans_exported_total", &[]),
+        3.0
+    );
+    assert_eq!(
+        metric_sum(&samples, "tracekeeper_traces_in_memory", &[]),
+        0.0,
+        "no trace left in memory once both are decided"
+    );
+}

@@ -785,6 +785,8 @@ pub fn wait_for_keys(
 #[derive(Default)]
 struct Store {
     requests: Mutex<Vec<ExportTraceServiceRequest>>,
+    /// For OTLP/HTTP: the `Content-Type` of each request.
+    content_types: Mutex<Vec<String>>,
 }
 
 struct Collector {
@@ -808,7 +810,8 @@ impl TraceService for Collector {
     }
 }
 
-/// A real OTLP/gRPC trace receiver on a loopback port, on its own runtime. Records every request.
+/// A real OTLP trace receiver (gRPC, or HTTP `POST /v1/traces` with protobuf bodies) on a
+/// loopback port, on its own runtime. Records every request.
 pub struct Receiver {
     runtime: Option<tokio::runtime::Runtime>,
     pub port: u16,
@@ -817,11 +820,7 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = runtime();
         let store = Arc::new(Store::default());
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -844,6 +843,78 @@ impl Receiver {
             port,
             store,
         }
+    }
+
+    /// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body (gzip accepted), answered
+    /// with a protobuf `ExportTraceServiceResponse`.
+    pub fn start_http() -> Receiver {
+        use axum::http::{HeaderMap, StatusCode, header};
+        use axum::response::IntoResponse;
+
+        async fn traces(
+            axum::extract::State(store): axum::extract::State<Arc<Store>>,
+            headers: HeaderMap,
+            body: bytes::Bytes,
+        ) -> axum::response::Response {
+            let header_value = |name| {
+                headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let body = if header_value(header::CONTENT_ENCODING) == "gzip" {
+                let mut inflated = Vec::new();
+                if flate2::read::GzDecoder::new(body.as_ref())
+                    .read_to_end(&mut inflated)
+                    .is_err()
+                {
+                    return (StatusCode::BAD_REQUEST, "bad gzip").into_response();
+                }
+                inflated
+            } else {
+                body.to_vec()
+            };
+            let request =
+                match <ExportTraceServiceRequest as prost::Message>::decode(body.as_slice()) {
+                    Ok(request) => request,
+                    Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+                };
+            store
+                .content_types
+                .lock()
+                .unwrap()
+                .push(header_value(header::CONTENT_TYPE));
+            store.requests.lock().unwrap().push(request);
+            let response = prost::Message::encode_to_vec(&ExportTraceServiceResponse::default());
+            ([(header::CONTENT_TYPE, "application/x-protobuf")], response).into_response()
+        }
+
+        let runtime = runtime();
+        let store = Arc::new(Store::default());
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind HTTP receiver");
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new()
+            .route("/v1/traces", axum::routing::post(traces))
+            .layer(axum::extract::DefaultBodyLimit::max(256 * 1024 * 1024))
+            .with_state(store.clone());
+        runtime.spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("HTTP receiver server");
+        });
+        Receiver {
+            runtime: Some(runtime),
+            port,
+            store,
+        }
+    }
+
+    /// The `Content-Type` of each OTLP/HTTP request received so far.
+    pub fn content_types(&self) -> Vec<String> {
+        self.store.content_types.lock().unwrap().clone()
     }
 
     /// Every request received so far.
@@ -1178,4 +1249,81 @@ pub fn count_by_key(received: &[Received]) -> HashMap<(Vec<u8>, Vec<u8>), usize>
             .or_insert(0) += 1;
     }
     counts
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus metrics
+
+/// One sample of the Prometheus text exposition: metric name, labels, value.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses the Prometheus / OpenMetrics text format (comments skipped; label values without
+/// escaped quotes or commas, which is all the host writes).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = match line.find('}') {
+            Some(close) => (&line[..=close], line[close + 1..].trim()),
+            None => line.split_once(' ').unwrap_or((line, "")),
+        };
+        let value = value.split_whitespace().next().unwrap_or_default();
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("metrics line {line:?} has no numeric value"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let labels = rest
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|pair| !pair.is_empty())
+                    .map(|pair| {
+                        let (k, v) = pair.split_once('=').expect("label k=v");
+                        (k.trim().to_owned(), v.trim().trim_matches('"').to_owned())
+                    })
+                    .collect();
+                (name, labels)
+            }
+            None => (series, HashMap::new()),
+        };
+        samples.push(Sample {
+            name: name.trim().to_owned(),
+            labels,
+            value,
+        });
+    }
+    samples
+}
+
+/// GETs `/metrics` from `host` and parses it; panics on a non-200 answer.
+pub fn scrape(host: &Host) -> Vec<Sample> {
+    let url = format!("http://127.0.0.1:{}/metrics", host.ports.metrics);
+    let response = http_client()
+        .get(&url)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status().as_u16(), 200, "GET {url}");
+    parse_metrics(&response.text().unwrap())
+}
+
+/// The sum of the samples named `name` whose labels include all of `labels`.
+pub fn metric_sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
 }
