@@ -728,3 +728,17 @@ fn metrics_count_received_decided_and_exported() {
         "no trace left in memory once both are decided"
     );
 }
+
+/// A gzip-compressed OTLP/gRPC request (as collectors send with `compression: gzip`) is accepted.
+#[test]
+fn grpc_gzip_request_is_accepted() {
+    let receiver = Receiver::start();
+    let mut host = Host::start(&HostConfig::new(Exporter::Otlp(receiver.port)).decision_wait("1s"));
+    let (request, sent) = error_trace("gzip-grpc", "scope", 3);
+    runtime()
+        .block_on(grpc_export_gzip(host.ports.grpc, request))
+        .expect("gzip gRPC export");
+    let received = receiver.wait_for(&sent.keys(), "the gzip-compressed gRPC trace", &host);
+    assert_kept(&received, &sent, "errors", "complete");
+    host.terminate_cleanly();
+}

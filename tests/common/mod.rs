@@ -1116,6 +1116,21 @@ pub async fn grpc_export(
         .map(tonic::Response::into_inner)
 }
 
+/// Sends `request` over OTLP/gRPC with gzip message compression.
+pub async fn grpc_export_gzip(
+    port: u16,
+    request: ExportTraceServiceRequest,
+) -> Result<ExportTraceServiceResponse, tonic::Status> {
+    let client = TraceServiceClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connect to 127.0.0.1:{port}: {e}")))?;
+    client
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .export(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// A codec that sends and receives raw message bytes, to put undecodable messages on the wire.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RawCodec;
