@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,8 +15,8 @@ use crate::receiver::{self, Ingest};
 use crate::shutdown;
 use crate::telemetry::{self, Health, Metrics};
 use crate::worker::{
-    DEFAULT_NON_SAMPLED_CACHE, DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE, INGEST_QUEUE_LEN, Worker,
-    WorkerSettings,
+    DEFAULT_NON_SAMPLED_CACHE, DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE, INGEST_QUEUE_LEN,
+    TICK_INTERVAL, Worker, WorkerMsg, WorkerSettings,
 };
 
 /// Loads the guest a config and an optional `--guest` name, with the config's limits.
@@ -89,18 +90,24 @@ pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
     let (worker, interest) = Worker::new(module, settings, export_tx, Arc::clone(&metrics))
         .context("configuring the guest")?;
     let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE_LEN);
+    let due = worker.due();
+    let worker_health = Arc::clone(&health);
     let worker_thread = std::thread::Builder::new()
         .name("tracekeeper-worker".into())
         .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(worker.run(ingest_rx)),
-                Err(e) => tracing::error!("worker runtime: {e}"),
+            let run = std::panic::AssertUnwindSafe(|| worker.run(ingest_rx));
+            if std::panic::catch_unwind(run).is_err() {
+                // A bug in the host, not in the guest (guest faults are handled in the worker).
+                // Say so loudly and exit, so an orchestrator restarts the sidecar.
+                worker_health.set_ready(false);
+                tracing::error!("the worker thread panicked; exiting");
+                std::process::exit(70);
             }
         })
         .context("starting the worker thread")?;
+    let (clock_stop, clock_shutdown) = shutdown::pair();
+    let clock_task = tokio::spawn(clock(due, ingest_tx.clone(), clock_shutdown));
+    let control = ingest_tx.clone();
     let ingest = Ingest::new(ingest_tx, interest, Arc::clone(&metrics));
 
     let (receivers_stop, receivers_shutdown) = shutdown::pair();
@@ -151,7 +158,11 @@ pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
                 Ok(Ok(())) => {}
             }
         }
-        // The receivers held the last senders: the worker now decides, flushes and ends.
+        clock_stop.trigger();
+        let _ = clock_task.await;
+        // Queued batches come first; then the worker decides what is pending, flushes and ends.
+        let _ = control.send(WorkerMsg::Shutdown).await;
+        drop(control);
         let _ = tokio::task::spawn_blocking(move || worker_thread.join()).await;
         let _ = export_task.await;
     })
@@ -166,6 +177,29 @@ pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(1), telemetry_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Wakes the worker when the next trace is due (the worker has no timer of its own: it blocks on
+/// its queue). A tick that finds the queue full is skipped: the worker checks the clock after
+/// every batch anyway.
+async fn clock(due: Arc<AtomicU64>, tx: mpsc::Sender<WorkerMsg>, shutdown: shutdown::Shutdown) {
+    let mut interval = tokio::time::interval(TICK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = interval.tick() => {
+                let next = due.load(Ordering::Relaxed);
+                if next != 0 && crate::worker::now_unix_nanos() >= next {
+                    // Clear it so one due time sends one tick; the worker republishes.
+                    due.store(0, Ordering::Relaxed);
+                    let _ = tx.try_send(WorkerMsg::Tick);
+                }
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {

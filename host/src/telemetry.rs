@@ -56,6 +56,8 @@ pub struct Metrics {
     pub spans_dropped: Family<ReasonLabel, Counter>,
     /// `tracekeeper_traces_decided_total{decision,policy}`
     pub traces_decided: Family<DecisionLabels, Counter>,
+    /// `tracekeeper_traces_decided_early_total` (buffer full)
+    pub traces_decided_early: Counter,
     /// `tracekeeper_traces_in_memory`
     pub traces_in_memory: Gauge,
     /// `tracekeeper_spans_late_total`
@@ -80,6 +82,7 @@ impl Metrics {
             spans_exported: Counter::default(),
             spans_dropped: Family::default(),
             traces_decided: Family::default(),
+            traces_decided_early: Counter::default(),
             traces_in_memory: Gauge::default(),
             spans_late: Counter::default(),
             guest_faults: Family::default(),
@@ -103,6 +106,11 @@ impl Metrics {
             "traces_decided",
             "Traces decided, by decision and policy",
             m.traces_decided.clone(),
+        );
+        registry.register(
+            "traces_decided_early",
+            "Traces decided before they were due because the buffer was full",
+            m.traces_decided_early.clone(),
         );
         registry.register(
             "traces_in_memory",

@@ -1,11 +1,12 @@
 //! The worker: owns the trace buffer and the guest instance, feeds span views to the guest,
 //! applies its decisions, and hands kept spans to the exporter.
 //!
-//! It runs on its own thread (guest calls are synchronous wasm execution) and receives batches
-//! from the receivers over a bounded channel ([`INGEST_QUEUE_LEN`]); when the channel is full,
-//! receivers wait. A guest failure never loses spans: every buffered trace is exported with
+//! It runs on its own thread, outside any async runtime (guest calls are synchronous wasm
+//! execution), and receives batches from the receivers over a bounded channel
+//! ([`INGEST_QUEUE_LEN`]); when the channel is full, receivers wait. A guest failure never loses spans: every buffered trace is exported with
 //! `tracekeeper.fail_open=true` and a fresh instance replaces the failed one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,8 +27,8 @@ use crate::telemetry::{DecisionLabels, KindLabel, Metrics};
 pub const INGEST_QUEUE_LEN: usize = 256;
 /// Flush an export request once it holds this many bytes.
 pub const MAX_EXPORT_REQUEST_BYTES: usize = 4 << 20;
-/// Longest sleep between clock ticks when the guest reports nothing due.
-pub const MAX_TICK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the clock task checks whether a trace is due (bounds decision lateness).
+pub const TICK_INTERVAL: Duration = Duration::from_millis(10);
 /// Default `num_traces` (the collector's).
 pub const DEFAULT_NUM_TRACES: usize = 50_000;
 /// Default decision cache sizes when `decision_cache` is not configured.
@@ -44,6 +45,17 @@ pub struct BatchSpan {
     pub group: u32,
     /// The encoded span (a slice of the request body).
     pub bytes: Bytes,
+}
+
+/// What the worker receives.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    /// The spans of one request.
+    Batch(IngestBatch),
+    /// The clock task saw the next due time pass.
+    Tick,
+    /// Decide what is pending, export it, and stop.
+    Shutdown,
 }
 
 /// What a receiver hands to the worker: the spans of one request and their views.
@@ -86,6 +98,8 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     /// Host time (Unix ns) of the next due trace, 0 when none.
     next_due: u64,
+    /// `next_due`, shared with the clock task.
+    due: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -105,6 +119,11 @@ pub fn now_unix_nanos() -> u64 {
 }
 
 impl Worker {
+    /// The next due time (Unix ns, 0 = none), for the clock task.
+    pub fn due(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.due)
+    }
+
     /// Creates the worker with a configured guest instance. Returns it with the interest the
     /// receivers must use (shared, so a reload can swap it).
     pub fn new(
@@ -127,36 +146,38 @@ impl Worker {
             export,
             metrics,
             next_due: 0,
+            due: Arc::new(AtomicU64::new(0)),
         };
         Ok((w, interest))
     }
 
-    /// Runs until the ingest channel closes, then decides (or drops) what is pending and
-    /// flushes the exporter queue.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<IngestBatch>) {
-        loop {
-            let wait = self.time_to_next_due();
-            tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(batch) => self.ingest(batch).await,
-                    None => break,
-                },
-                _ = tokio::time::sleep(wait) => self.tick().await,
+    /// Runs until [`WorkerMsg::Shutdown`] (or until every sender is gone), then decides (or
+    /// drops) what is pending and hands the last requests to the exporter.
+    ///
+    /// This must run on a thread outside any tokio runtime: wasmtime's WASI output streams
+    /// (a guest writing to stdout, or a Rust guest panicking) block on a runtime of their own,
+    /// which tokio forbids inside another runtime's context.
+    pub fn run(mut self, mut rx: mpsc::Receiver<WorkerMsg>) {
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                WorkerMsg::Batch(batch) => self.ingest(batch),
+                WorkerMsg::Tick => {}
+                WorkerMsg::Shutdown => break,
             }
-            self.metrics.traces_in_memory.set(self.buffer.len() as i64);
+            if self.next_due != 0 && now_unix_nanos() >= self.next_due {
+                self.tick();
+            }
+            self.publish_state();
         }
-        self.shutdown().await;
+        self.shutdown();
     }
 
-    fn time_to_next_due(&self) -> Duration {
-        if self.next_due == 0 {
-            return MAX_TICK_INTERVAL;
-        }
-        let now = now_unix_nanos();
-        Duration::from_nanos(self.next_due.saturating_sub(now)).min(MAX_TICK_INTERVAL)
+    fn publish_state(&self) {
+        self.metrics.traces_in_memory.set(self.buffer.len() as i64);
+        self.due.store(self.next_due, Ordering::Relaxed);
     }
 
-    async fn ingest(&mut self, batch: IngestBatch) {
+    fn ingest(&mut self, batch: IngestBatch) {
         let now = now_unix_nanos();
         let mut late = Vec::new();
         for (i, span) in batch.spans.iter().enumerate() {
@@ -171,7 +192,7 @@ impl Worker {
                 match c {
                     Cached::Kept(tags) => {
                         let tags = Arc::clone(tags);
-                        self.add_to_export(group, &span.bytes, &tags, true).await;
+                        self.add_to_export(group, &span.bytes, &tags, true);
                     }
                     Cached::NotKept => self.metrics.drop_spans("late_not_sampled", 1),
                 }
@@ -192,9 +213,9 @@ impl Worker {
                 self.call(|g| g.ingest(view.as_bytes(), now))
             }
         };
-        self.handle(answer).await;
-        self.enforce_capacity(now).await;
-        self.flush_export().await;
+        self.handle(answer);
+        self.enforce_capacity(now);
+        self.flush_export();
     }
 
     fn rebuild_view(&self, batch: &IngestBatch, skip: &[usize]) -> ViewBuilder {
@@ -221,15 +242,15 @@ impl Worker {
         }
     }
 
-    async fn tick(&mut self) {
+    fn tick(&mut self) {
         let now = now_unix_nanos();
         let answer = self.call(|g| g.tick(now));
-        self.handle(answer).await;
-        self.flush_export().await;
+        self.handle(answer);
+        self.flush_export();
     }
 
     /// Decides the oldest traces early when more than `num_traces` are buffered.
-    async fn enforce_capacity(&mut self, now: u64) {
+    fn enforce_capacity(&mut self, now: u64) {
         let over = self.buffer.len().saturating_sub(self.settings.num_traces);
         if over == 0 {
             self.buffer.compact();
@@ -241,15 +262,9 @@ impl Worker {
             num_traces = self.settings.num_traces,
             "trace buffer full: deciding the oldest traces early"
         );
-        self.metrics
-            .traces_decided
-            .get_or_create(&DecisionLabels {
-                decision: "early",
-                policy: String::new(),
-            })
-            .inc_by(over as u64);
+        self.metrics.traces_decided_early.inc_by(over as u64);
         let answer = self.call(|g| g.decide_now(&ids, now));
-        self.handle(answer).await;
+        self.handle(answer);
         self.buffer.compact();
     }
 
@@ -277,28 +292,27 @@ impl Worker {
     }
 
     /// Applies a guest answer, or fails open on an error.
-    async fn handle(&mut self, answer: Result<Option<Vec<u8>>, GuestError>) {
+    fn handle(&mut self, answer: Result<Option<Vec<u8>>, GuestError>) {
         match answer {
             Ok(Some(bytes)) => {
-                if let Err(e) = self.apply(&bytes).await {
-                    self.fail_open("bad_answer", &format!("malformed decision batch: {e}"))
-                        .await;
+                if let Err(e) = self.apply(&bytes) {
+                    self.fail_open("bad_answer", &format!("malformed decision batch: {e}"));
                 }
             }
             Ok(None) => {
                 // No usable instance: keep everything rather than hold it without a decider.
                 if !self.buffer.is_empty() {
-                    self.fail_open("trap", "no guest instance").await;
+                    self.fail_open("trap", "no guest instance");
                 }
             }
             Err(e) => {
                 let kind = e.kind();
-                self.fail_open(kind, &e.to_string()).await;
+                self.fail_open(kind, &e.to_string());
             }
         }
     }
 
-    async fn apply(&mut self, bytes: &[u8]) -> Result<(), LayoutError> {
+    fn apply(&mut self, bytes: &[u8]) -> Result<(), LayoutError> {
         let reader = DecisionReader::new(bytes)?;
         self.next_due = reader.next_due();
         for rec in reader {
@@ -334,7 +348,7 @@ impl Worker {
                         .collect(),
                 ));
                 for (group, span) in entry.spans() {
-                    self.add_to_export(group, span, &tags, false).await;
+                    self.add_to_export(group, span, &tags, false);
                 }
                 self.cache.insert(rec.trace_id, Cached::Kept(tags));
             } else {
@@ -346,7 +360,7 @@ impl Worker {
 
     /// Keeps every buffered trace, tagged `tracekeeper.fail_open=true`, and discards the
     /// instance (the next call creates a fresh one).
-    async fn fail_open(&mut self, kind: &'static str, why: &str) {
+    fn fail_open(&mut self, kind: &'static str, why: &str) {
         self.metrics
             .guest_faults
             .get_or_create(&KindLabel { kind })
@@ -370,27 +384,21 @@ impl Worker {
                 })
                 .inc();
             for (group, span) in entry.spans() {
-                self.add_to_export(group, span, &tags, false).await;
+                self.add_to_export(group, span, &tags, false);
             }
             self.cache.insert(id, Cached::Kept(Arc::clone(&tags)));
         }
     }
 
-    async fn add_to_export(
-        &mut self,
-        group: &Arc<Group>,
-        span: &[u8],
-        tags: &TraceTags,
-        late: bool,
-    ) {
+    fn add_to_export(&mut self, group: &Arc<Group>, span: &[u8], tags: &TraceTags, late: bool) {
         self.builder.add(group, span, tags, late);
         self.builder_bytes += span.len() + 64;
         if self.builder_bytes >= MAX_EXPORT_REQUEST_BYTES {
-            self.flush_export().await;
+            self.flush_export();
         }
     }
 
-    async fn flush_export(&mut self) {
+    fn flush_export(&mut self) {
         if self.builder.is_empty() {
             return;
         }
@@ -399,15 +407,14 @@ impl Worker {
         self.builder_bytes = 0;
         if self
             .export
-            .send(ExportRequest { body, spans })
-            .await
+            .blocking_send(ExportRequest { body, spans })
             .is_err()
         {
             self.metrics.drop_spans("exporter_stopped", spans as u64);
         }
     }
 
-    async fn shutdown(&mut self) {
+    fn shutdown(&mut self) {
         if self.settings.drop_pending_on_shutdown {
             let traces = self.buffer.drain();
             let spans: usize = traces.iter().map(|(_, e)| e.len()).sum();
@@ -423,14 +430,13 @@ impl Worker {
             );
             let now = now_unix_nanos();
             let answer = self.call(|g| g.flush(now));
-            self.handle(answer).await;
+            self.handle(answer);
             if !self.buffer.is_empty() {
                 // The guest did not decide some traces: keep them rather than lose them.
-                self.fail_open("bad_answer", "flush left traces undecided")
-                    .await;
+                self.fail_open("bad_answer", "flush left traces undecided");
             }
         }
-        self.flush_export().await;
+        self.flush_export();
         self.metrics.traces_in_memory.set(0);
     }
 }

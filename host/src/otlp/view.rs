@@ -23,7 +23,8 @@ pub struct Interest {
 }
 
 impl Interest {
-    /// Builds the lookup tables; key lists longer than 65 534 entries are cut.
+    /// Builds the lookup tables; key lists longer than 65 535 entries are cut (0xFFFF marks an
+    /// inline key).
     pub fn new(
         span_attributes: &[String],
         resource_attributes: &[String],

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::otlp::request::parse_request;
 use crate::otlp::view::{Interest, ViewBuilder};
 use crate::telemetry::{Metrics, ProtocolLabel};
-use crate::worker::{BatchSpan, IngestBatch};
+use crate::worker::{BatchSpan, IngestBatch, WorkerMsg};
 
 /// What a request came to.
 #[derive(Debug, Default)]
@@ -37,7 +37,7 @@ pub enum IngestError {
 /// The receivers' handle on the pipeline.
 #[derive(Debug, Clone)]
 pub struct Ingest {
-    tx: mpsc::Sender<IngestBatch>,
+    tx: mpsc::Sender<WorkerMsg>,
     interest: Arc<RwLock<Arc<Interest>>>,
     metrics: Arc<Metrics>,
 }
@@ -45,7 +45,7 @@ pub struct Ingest {
 impl Ingest {
     /// A handle sending to the worker's queue.
     pub fn new(
-        tx: mpsc::Sender<IngestBatch>,
+        tx: mpsc::Sender<WorkerMsg>,
         interest: Arc<RwLock<Arc<Interest>>>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -102,7 +102,7 @@ impl Ingest {
         }
         if n > 0 {
             self.tx
-                .send(batch)
+                .send(WorkerMsg::Batch(batch))
                 .await
                 .map_err(|_| IngestError::Unavailable)?;
             self.metrics
