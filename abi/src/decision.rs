@@ -1,4 +1,6 @@
-//! The decision batch: what the guest answers for each trace it decided.
+//! The decision batch: what the guest answers for each trace it decided, optionally followed by
+//! a metrics section (header flag [`FLAG_METRICS`]): per-queue message counts and per-root-type
+//! completeness counts that the host turns into Prometheus metrics.
 
 use alloc::vec::Vec;
 
@@ -9,6 +11,11 @@ use crate::{
 
 /// Size of the decision-batch header: magic, version, flags, count, next due time.
 const HEADER_LEN: usize = 4 + 2 + 2 + 4 + 8;
+/// Offset of the flags in the header.
+const FLAGS_AT: usize = 6;
+
+/// Header flag bit 0: a metrics section follows the decision records.
+pub const FLAG_METRICS: u16 = 1;
 
 /// What happens to a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +205,194 @@ impl DecisionWriter {
         self.buf[12..20].copy_from_slice(&next_due.to_le_bytes());
         self.buf
     }
+
+    /// Finishes the batch with a metrics section after the records (sets [`FLAG_METRICS`]).
+    pub fn finish_with_metrics(mut self, next_due: u64, metrics: &MetricsWriter) -> Vec<u8> {
+        self.buf[FLAGS_AT..FLAGS_AT + 2].copy_from_slice(&FLAG_METRICS.to_le_bytes());
+        put_section(&mut self.buf, metrics.queue_count, &metrics.queues);
+        put_section(&mut self.buf, metrics.root_count, &metrics.roots);
+        self.finish(next_due)
+    }
+}
+
+/// Appends a section: item count, payload length, payload. Payloads are built by
+/// [`MetricsWriter`], whose records are bounded far below 4 GiB.
+fn put_section(buf: &mut Vec<u8>, count: u32, payload: &[u8]) {
+    put_u32(buf, count);
+    put_bytes(buf, payload);
+}
+
+/// Counts of one message queue (messaging system + destination), as the guest reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueMetrics<'a> {
+    /// `messaging.system` of the producer spans (`rabbitmq`, `kafka`, ...; empty if absent).
+    pub system: &'a str,
+    /// `messaging.destination.name` of the producer spans (empty if absent).
+    pub destination: &'a str,
+    /// Messages produced since the previous metrics section.
+    pub produced: u64,
+    /// Messages consumed (first consumer of each message) since the previous metrics section.
+    pub consumed: u64,
+    /// Of `consumed`: messages whose producer's trace had already been decided (late
+    /// completions).
+    pub consumed_late: u64,
+    /// Host time (Unix ns) at which the oldest message not yet consumed was produced; 0 = none.
+    pub oldest_unconsumed: u64,
+}
+
+/// Completeness counts of one root span type (root service + root span name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RootMetrics<'a> {
+    /// `service.name` of the root span (empty when unknown or when the trace had no root).
+    pub service: &'a str,
+    /// Name of the root span (empty when the trace had no root).
+    pub name: &'a str,
+    /// Traces decided complete since the previous metrics section.
+    pub complete: u64,
+    /// Traces decided incomplete since the previous metrics section.
+    pub incomplete: u64,
+    /// Traces decided complete within the guest's sliding window.
+    pub window_complete: u64,
+    /// Traces decided incomplete within the guest's sliding window.
+    pub window_incomplete: u64,
+}
+
+/// Builds the metrics section of a decision batch (guest side). The section is a full snapshot:
+/// every queue and root type the guest tracks, with counter deltas since the previous section
+/// and current gauge values.
+#[derive(Debug, Default, Clone)]
+pub struct MetricsWriter {
+    queues: Vec<u8>,
+    queue_count: u32,
+    roots: Vec<u8>,
+    root_count: u32,
+}
+
+impl MetricsWriter {
+    /// An empty section.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one queue record.
+    pub fn queue(&mut self, q: &QueueMetrics<'_>) {
+        let b = &mut self.queues;
+        put_bytes(b, q.system.as_bytes());
+        put_bytes(b, q.destination.as_bytes());
+        put_u64(b, q.produced);
+        put_u64(b, q.consumed);
+        put_u64(b, q.consumed_late);
+        put_u64(b, q.oldest_unconsumed);
+        self.queue_count = self.queue_count.saturating_add(1);
+    }
+
+    /// Adds one root-type record.
+    pub fn root(&mut self, r: &RootMetrics<'_>) {
+        let b = &mut self.roots;
+        put_bytes(b, r.service.as_bytes());
+        put_bytes(b, r.name.as_bytes());
+        put_u64(b, r.complete);
+        put_u64(b, r.incomplete);
+        put_u64(b, r.window_complete);
+        put_u64(b, r.window_incomplete);
+        self.root_count = self.root_count.saturating_add(1);
+    }
+
+    /// Number of queue records.
+    pub fn queue_count(&self) -> usize {
+        self.queue_count as usize
+    }
+
+    /// Number of root-type records.
+    pub fn root_count(&self) -> usize {
+        self.root_count as usize
+    }
+}
+
+/// The metrics section of a decision batch, checked whole when read.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsView<'a> {
+    queues: Cursor<'a>,
+    queue_count: u32,
+    roots: Cursor<'a>,
+    root_count: u32,
+}
+
+fn read_queue<'a>(c: &mut Cursor<'a>) -> Result<QueueMetrics<'a>, LayoutError> {
+    Ok(QueueMetrics {
+        system: c.str()?,
+        destination: c.str()?,
+        produced: c.u64()?,
+        consumed: c.u64()?,
+        consumed_late: c.u64()?,
+        oldest_unconsumed: c.u64()?,
+    })
+}
+
+fn read_root<'a>(c: &mut Cursor<'a>) -> Result<RootMetrics<'a>, LayoutError> {
+    Ok(RootMetrics {
+        service: c.str()?,
+        name: c.str()?,
+        complete: c.u64()?,
+        incomplete: c.u64()?,
+        window_complete: c.u64()?,
+        window_incomplete: c.u64()?,
+    })
+}
+
+/// Reads one section header and checks that its payload holds exactly `count` items of `read`.
+fn checked_section<'a, T>(
+    c: &mut Cursor<'a>,
+    read: fn(&mut Cursor<'a>) -> Result<T, LayoutError>,
+) -> Result<(u32, Cursor<'a>), LayoutError> {
+    let count = c.u32()?;
+    let payload = Cursor::new(c.bytes()?);
+    let mut walk = payload;
+    for _ in 0..count {
+        read(&mut walk)?;
+    }
+    if !walk.is_empty() {
+        return Err(LayoutError::TrailingBytes);
+    }
+    Ok((count, payload))
+}
+
+impl<'a> MetricsView<'a> {
+    fn read(mut c: Cursor<'a>) -> Result<Self, LayoutError> {
+        let (queue_count, queues) = checked_section(&mut c, read_queue)?;
+        let (root_count, roots) = checked_section(&mut c, read_root)?;
+        if !c.is_empty() {
+            return Err(LayoutError::TrailingBytes);
+        }
+        Ok(MetricsView {
+            queues,
+            queue_count,
+            roots,
+            root_count,
+        })
+    }
+
+    /// The queue records.
+    pub fn queues(&self) -> impl Iterator<Item = QueueMetrics<'a>> + 'a {
+        let mut cur = self.queues;
+        (0..self.queue_count).map_while(move |_| read_queue(&mut cur).ok())
+    }
+
+    /// The root-type records.
+    pub fn roots(&self) -> impl Iterator<Item = RootMetrics<'a>> + 'a {
+        let mut cur = self.roots;
+        (0..self.root_count).map_while(move |_| read_root(&mut cur).ok())
+    }
+
+    /// Number of queue records.
+    pub fn queue_count(&self) -> usize {
+        self.queue_count as usize
+    }
+
+    /// Number of root-type records.
+    pub fn root_count(&self) -> usize {
+        self.root_count as usize
+    }
 }
 
 /// Reads a decision batch (host side) without copying.
@@ -206,6 +401,9 @@ pub struct DecisionReader<'a> {
     cur: Cursor<'a>,
     remaining: u32,
     next_due: u64,
+    flags: u16,
+    /// Set once the bytes after the last record were checked (by the iterator).
+    tail_checked: bool,
 }
 
 impl<'a> DecisionReader<'a> {
@@ -219,14 +417,38 @@ impl<'a> DecisionReader<'a> {
         if version != LAYOUT_VERSION {
             return Err(LayoutError::UnsupportedVersion(version));
         }
-        let _flags = cur.u16()?;
+        let flags = cur.u16()?;
         let remaining = cur.u32()?;
         let next_due = cur.u64()?;
         Ok(DecisionReader {
             cur,
             remaining,
             next_due,
+            flags,
+            tail_checked: false,
         })
+    }
+
+    /// True when the header announces a metrics section after the records.
+    pub fn has_metrics(&self) -> bool {
+        self.flags & FLAG_METRICS != 0
+    }
+
+    /// Skips (and checks) the remaining decision records, then reads the metrics section:
+    /// `None` when the header announces none. Every malformed byte is an error.
+    pub fn into_metrics(mut self) -> Result<Option<MetricsView<'a>>, LayoutError> {
+        while self.remaining > 0 {
+            self.remaining -= 1;
+            self.read_one()?;
+        }
+        if !self.has_metrics() {
+            return if self.cur.is_empty() {
+                Ok(None)
+            } else {
+                Err(LayoutError::TrailingBytes)
+            };
+        }
+        MetricsView::read(self.cur).map(Some)
     }
 
     /// Host time (Unix ns) of the next due trace, or 0 when none is pending.
@@ -289,11 +511,18 @@ impl<'a> Iterator for DecisionReader<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.remaining == 0 {
-            if self.cur.is_empty() {
+            if self.tail_checked {
                 return None;
             }
+            self.tail_checked = true;
+            let rest = self.cur;
             self.cur = Cursor::new(&[]);
-            return Some(Err(LayoutError::TrailingBytes));
+            if self.has_metrics() {
+                // The metrics section is checked whole here, so a reader that only iterates the
+                // decisions still rejects a malformed batch.
+                return MetricsView::read(rest).err().map(Err);
+            }
+            return (!rest.is_empty()).then_some(Err(LayoutError::TrailingBytes));
         }
         self.remaining -= 1;
         let rec = self.read_one();
@@ -301,6 +530,7 @@ impl<'a> Iterator for DecisionReader<'a> {
             // Stop after the first error: the rest of the buffer cannot be trusted.
             self.remaining = 0;
             self.cur = Cursor::new(&[]);
+            self.tail_checked = true;
         }
         Some(rec)
     }
@@ -398,5 +628,180 @@ mod tests {
         assert_eq!(res.unwrap_err(), LayoutError::BadTag(9));
         buf[0] = b'X';
         assert_eq!(DecisionReader::new(&buf).err(), Some(LayoutError::BadMagic));
+    }
+
+    fn with_metrics() -> Vec<u8> {
+        let mut w = DecisionWriter::new();
+        w.push(
+            TraceId([3; 16]),
+            Decision::Sampled,
+            Completeness::Incomplete,
+            ThresholdOp::Keep,
+            "incomplete",
+            ["consumer:publish order_confirmed"],
+            &[],
+        );
+        let mut m = MetricsWriter::new();
+        m.queue(&QueueMetrics {
+            system: "rabbitmq",
+            destination: "order_confirmed",
+            produced: 5,
+            consumed: 2,
+            consumed_late: 1,
+            oldest_unconsumed: 1_700_000_000_000_000_000,
+        });
+        m.root(&RootMetrics {
+            service: "checkout",
+            name: "POST /checkout",
+            complete: 2,
+            incomplete: 3,
+            window_complete: 20,
+            window_incomplete: 30,
+        });
+        m.root(&RootMetrics::default());
+        assert_eq!((m.queue_count(), m.root_count()), (1, 2));
+        w.finish_with_metrics(7, &m)
+    }
+
+    #[test]
+    fn metrics_round_trip() {
+        let buf = with_metrics();
+        let r = DecisionReader::new(&buf).unwrap();
+        assert!(r.has_metrics());
+        assert_eq!(r.next_due(), 7);
+        // Iterating the decisions alone accepts the batch.
+        let recs: Vec<_> = r.clone().map(|x| x.unwrap()).collect();
+        assert_eq!(recs.len(), 1);
+        assert_eq!(
+            recs[0].missing().collect::<Vec<_>>(),
+            vec!["consumer:publish order_confirmed"]
+        );
+        let m = r.into_metrics().unwrap().unwrap();
+        let queues: Vec<_> = m.queues().collect();
+        assert_eq!(
+            queues,
+            vec![QueueMetrics {
+                system: "rabbitmq",
+                destination: "order_confirmed",
+                produced: 5,
+                consumed: 2,
+                consumed_late: 1,
+                oldest_unconsumed: 1_700_000_000_000_000_000,
+            }]
+        );
+        let roots: Vec<_> = m.roots().collect();
+        assert_eq!(roots.len(), 2);
+        assert_eq!(roots[0].name, "POST /checkout");
+        assert_eq!(roots[0].window_incomplete, 30);
+        assert_eq!(roots[1], RootMetrics::default());
+    }
+
+    #[test]
+    fn no_metrics_section_without_the_flag() {
+        let mut w = DecisionWriter::new();
+        w.push(
+            TraceId([1; 16]),
+            Decision::NotSampled,
+            Completeness::Complete,
+            ThresholdOp::Keep,
+            "",
+            [],
+            &[],
+        );
+        let buf = w.finish(0);
+        let r = DecisionReader::new(&buf).unwrap();
+        assert!(!r.has_metrics());
+        assert!(r.into_metrics().unwrap().is_none());
+        // An empty metrics section is valid and distinct from none.
+        let buf = DecisionWriter::new().finish_with_metrics(0, &MetricsWriter::new());
+        let m = DecisionReader::new(&buf)
+            .unwrap()
+            .into_metrics()
+            .unwrap()
+            .unwrap();
+        assert_eq!((m.queue_count(), m.root_count()), (0, 0));
+    }
+
+    #[test]
+    fn every_truncation_of_the_metrics_section_is_an_error() {
+        let buf = with_metrics();
+        for cut in 0..buf.len() {
+            let part = &buf[..cut];
+            let iterated: Result<Vec<_>, _> =
+                DecisionReader::new(part).and_then(|r| r.collect::<Result<Vec<_>, _>>());
+            assert!(iterated.is_err(), "iterating a cut at {cut} was accepted");
+            let metrics = DecisionReader::new(part).and_then(DecisionReader::into_metrics);
+            assert!(metrics.is_err(), "metrics of a cut at {cut} were accepted");
+        }
+        let mut extra = buf.clone();
+        extra.push(0);
+        let res: Result<Vec<_>, _> = DecisionReader::new(&extra).unwrap().collect();
+        assert_eq!(res.unwrap_err(), LayoutError::TrailingBytes);
+        assert_eq!(
+            DecisionReader::new(&extra)
+                .unwrap()
+                .into_metrics()
+                .unwrap_err(),
+            LayoutError::TrailingBytes
+        );
+    }
+
+    #[test]
+    fn corrupt_metrics_sections_are_errors() {
+        let buf = with_metrics();
+        let start = DecisionReader::new(&buf).unwrap();
+        // Where the metrics start: the length of a batch with the same records and no metrics.
+        let mut w = DecisionWriter::new();
+        w.push(
+            TraceId([3; 16]),
+            Decision::Sampled,
+            Completeness::Incomplete,
+            ThresholdOp::Keep,
+            "incomplete",
+            ["consumer:publish order_confirmed"],
+            &[],
+        );
+        let at = w.finish(7).len();
+        assert!(start.has_metrics());
+        let check = |bytes: &[u8]| {
+            let iterated: Result<Vec<_>, _> = DecisionReader::new(bytes).unwrap().collect();
+            let metrics = DecisionReader::new(bytes).unwrap().into_metrics();
+            (iterated.err(), metrics.err())
+        };
+        // A queue count larger than the payload holds.
+        let mut b = buf.clone();
+        b[at] = 2;
+        assert_eq!(
+            check(&b),
+            (Some(LayoutError::Truncated), Some(LayoutError::Truncated))
+        );
+        // A queue count smaller than the payload holds.
+        let mut b = buf.clone();
+        b[at] = 0;
+        assert_eq!(
+            check(&b),
+            (
+                Some(LayoutError::TrailingBytes),
+                Some(LayoutError::TrailingBytes)
+            )
+        );
+        // A payload length past the end of the buffer.
+        let mut b = buf.clone();
+        b[at + 7] = 0x7f;
+        assert_eq!(
+            check(&b),
+            (Some(LayoutError::Truncated), Some(LayoutError::Truncated))
+        );
+        // A system name that is not UTF-8 (first byte of the first queue's system string).
+        let mut b = buf.clone();
+        b[at + 12] = 0xff;
+        assert_eq!(
+            check(&b),
+            (Some(LayoutError::BadUtf8), Some(LayoutError::BadUtf8))
+        );
+        // The flag without any section.
+        let mut b = DecisionWriter::new().finish(0);
+        b[FLAGS_AT] = 1;
+        assert!(DecisionReader::new(&b).unwrap().into_metrics().is_err());
     }
 }

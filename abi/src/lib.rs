@@ -26,7 +26,8 @@ pub use batch::{
     ResourceView, Section, SpanFixed, SpanView, Value, ValueIter, ValueWriter,
 };
 pub use decision::{
-    Completeness, Decision, DecisionReader, DecisionRecord, DecisionWriter, ThresholdOp,
+    Completeness, Decision, DecisionReader, DecisionRecord, DecisionWriter, FLAG_METRICS,
+    MetricsView, MetricsWriter, QueueMetrics, RootMetrics, ThresholdOp,
 };
 
 /// First four bytes of a span-view batch.
