@@ -1,37 +1,139 @@
-//! Structural completeness at decision time: did a root span arrive, and is every referenced
-//! parent among the trace's spans? Produces the `tracekeeper.completeness.missing` entries
-//! (`root`, `parent:<16 hex>`). Expectations and consumers of producer spans (DESIGN §7) are a
-//! later issue.
+//! Completeness at decision time (DESIGN §7): what never happened in a trace.
+//!
+//! * **Structure**: no root span arrived (`root`), or a span's parent is not among the trace's
+//!   spans (`parent:<16 hex>`).
+//! * **Expectations** (`processors.completeness.expectations`, [`expect`]): a trace whose root
+//!   matches must contain the expected descendants (`expected:<name>`).
+//! * **Messaging** ([`messaging`]): every producer span must be consumed by a consumer that is its
+//!   child or links to it, from any trace, within `consumer_wait` past the trace's normal
+//!   decision time (`consumer:<producer span name>`). A trace with an open producer is held that
+//!   long at most, and decided as soon as its producers are consumed; other traces are not held.
+//!
+//! The [`Tracker`] also counts, for the host's metrics, traces per root type and completeness
+//! over a sliding window ([`window`]) and messages per queue, and writes them as the metrics
+//! section of decision batches, at most once per [`METRICS_INTERVAL_NS`] of host time.
 
-use tracekeeper_abi::Completeness;
+pub mod expect;
+pub mod messaging;
+pub mod window;
 
+use hashbrown::HashMap;
+use tracekeeper_abi::{
+    AttrIter, AttrKey, Completeness, DecisionWriter, MetricsWriter, SpanId, SpanView, TraceId,
+    Value,
+};
+
+use crate::config::CompletenessConfig;
+use crate::interest::{Interest, SERVICE_NAME};
+use crate::schedule::DueQueue;
 use crate::trace::PendingTrace;
+use expect::{Expectations, MISSING_EXPECTED_PREFIX};
+use messaging::{Consumed, Index, Role};
+use window::RootCounts;
 
 /// Missing entry for a trace without a root span.
 pub const MISSING_ROOT: &str = "root";
 /// Prefix of the missing entry for a parent span that never arrived.
 pub const MISSING_PARENT_PREFIX: &str = "parent:";
+/// Prefix of the missing entry for a producer span nobody consumed.
+pub const MISSING_CONSUMER_PREFIX: &str = "consumer:";
 /// Most missing entries reported for one trace; the attribute is written on every exported span,
 /// so a trace with thousands of orphans must not multiply its size. The trace is incomplete all
 /// the same.
 pub const MAX_MISSING_ENTRIES: usize = 64;
+/// Most producer spans followed per trace; further producers of the same trace are not checked.
+pub const MAX_PRODUCERS_PER_TRACE: usize = 1_024;
+/// Most consumer spans per trace whose parents are remembered (to satisfy producers of the same
+/// trace that arrive after their consumer).
+pub const MAX_CONSUMERS_PER_TRACE: usize = 4_096;
+/// Longest span name or service name kept (root type, producer name); longer ones are cut at a
+/// character boundary.
+pub const MAX_NAME_LEN: usize = 256;
+/// Shortest host time between two metrics sections while counts change. Counts that changed
+/// since the last section are sent with the next answer after this interval; the guest asks for
+/// a tick then if no trace is due earlier.
+pub const METRICS_INTERVAL_NS: u64 = 1_000_000_000;
+/// Longest host time between two metrics sections while anything is tracked, so that windowed
+/// ratios and message ages are refreshed even when no count changes.
+pub const METRICS_REFRESH_NS: u64 = 10_000_000_000;
+
+/// The span attribute keys the completeness rules read.
+pub const SPAN_KEYS: [&str; 3] = [
+    messaging::OPERATION_TYPE,
+    messaging::SYSTEM,
+    messaging::DESTINATION,
+];
+
+/// Adds what completeness needs to the interest: the messaging span attributes, the service
+/// name, and span links (consumers link to their producers).
+pub fn add_interest(interest: &mut Interest) {
+    for key in SPAN_KEYS {
+        if !interest.span_attributes.iter().any(|k| k == key) {
+            interest.span_attributes.push(key.to_owned());
+        }
+    }
+    if !interest
+        .resource_attributes
+        .iter()
+        .any(|k| k == SERVICE_NAME)
+    {
+        interest.resource_attributes.push(SERVICE_NAME.to_owned());
+    }
+    interest.links = true;
+}
+
+fn bounded(s: &str) -> &str {
+    if s.len() <= MAX_NAME_LEN {
+        return s;
+    }
+    let mut end = MAX_NAME_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A producer span of a pending trace.
+#[derive(Debug, Clone)]
+struct Producer {
+    span_id: SpanId,
+    name: String,
+}
+
+/// What completeness remembers about one pending trace.
+#[derive(Debug, Clone, Default)]
+pub struct TraceState {
+    /// Service and name of the first root span.
+    root: Option<(String, String)>,
+    producers: Vec<Producer>,
+    /// Parents of the trace's consumer spans.
+    consumer_parents: Vec<SpanId>,
+    /// Per expected span of the configuration, how many spans matched.
+    expected: Vec<u32>,
+    /// The trace is held past its normal decision time for consumers.
+    held: bool,
+}
+
+impl TraceState {
+    /// True while the trace is held past its normal decision time for a consumer.
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+}
 
 /// The outcome of the completeness check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     /// Complete or incomplete.
     pub completeness: Completeness,
-    /// What is missing: `root` first, then `parent:<id>` sorted by id, at most
-    /// [`MAX_MISSING_ENTRIES`].
+    /// What is missing: `root`, then `expected:<name>` (configuration order), `consumer:<name>`
+    /// (sorted), `parent:<id>` (sorted), at most [`MAX_MISSING_ENTRIES`].
     pub missing: Vec<String>,
 }
 
-/// Checks a trace that is being decided. Sorts and deduplicates its id lists in place.
-pub fn check(trace: &mut PendingTrace) -> Report {
-    let mut missing = Vec::new();
-    if !trace.has_root() {
-        missing.push(MISSING_ROOT.to_owned());
-    }
+/// The structural entries (`root`, `parent:<id>`) of a trace, appended to `missing`. Sorts and
+/// deduplicates the trace's id lists in place.
+fn structural(trace: &mut PendingTrace, missing: &mut Vec<String>) {
     if !trace.parent_ids.is_empty() {
         trace.span_ids.sort_unstable();
         trace.span_ids.dedup();
@@ -49,6 +151,9 @@ pub fn check(trace: &mut PendingTrace) -> Report {
             }
         }
     }
+}
+
+fn report(missing: Vec<String>) -> Report {
     let completeness = if missing.is_empty() {
         Completeness::Complete
     } else {
@@ -59,6 +164,279 @@ pub fn check(trace: &mut PendingTrace) -> Report {
         missing,
     }
 }
+
+/// Structural completeness alone (`root`, `parent:<id>`), for a trace checked without a
+/// [`Tracker`]. Sorts and deduplicates its id lists in place.
+pub fn check(trace: &mut PendingTrace) -> Report {
+    let mut missing = Vec::new();
+    if !trace.has_root() {
+        missing.push(MISSING_ROOT.to_owned());
+    }
+    structural(trace, &mut missing);
+    report(missing)
+}
+
+/// The messaging attributes of one span.
+#[derive(Debug, Default)]
+struct MessagingAttrs<'a> {
+    operation: Option<&'a str>,
+    system: &'a str,
+    destination: &'a str,
+}
+
+/// The completeness rules and their cross-trace state, for one sampler.
+#[derive(Debug)]
+pub struct Tracker {
+    consumer_wait: u64,
+    expectations: Expectations,
+    /// Indices of [`SPAN_KEYS`] in the interest's span attribute list.
+    span_keys: [Option<u16>; 3],
+    /// Index of `service.name` in the interest's resource attribute list.
+    service_key: Option<u16>,
+    index: Index,
+    roots: RootCounts,
+    /// Traces whose producers were consumed since the last [`Tracker::release`].
+    touched: Vec<TraceId>,
+    /// Host time of the last metrics section.
+    last_metrics: Option<u64>,
+}
+
+fn nanos(d: core::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn position(keys: &[String], key: &str) -> Option<u16> {
+    keys.iter()
+        .position(|k| k == key)
+        .and_then(|i| u16::try_from(i).ok())
+}
+
+impl Tracker {
+    /// Builds the rules from a validated configuration and the interest the host was given
+    /// (which must include [`add_interest`]'s keys).
+    pub fn new(config: &CompletenessConfig, interest: &Interest) -> Result<Self, String> {
+        Ok(Tracker {
+            consumer_wait: nanos(config.consumer_wait),
+            expectations: Expectations::new(config, "processors.completeness")?,
+            span_keys: SPAN_KEYS.map(|k| position(&interest.span_attributes, k)),
+            service_key: position(&interest.resource_attributes, SERVICE_NAME),
+            index: Index::new(),
+            roots: RootCounts::new(nanos(config.window)),
+            touched: Vec::new(),
+            last_metrics: None,
+        })
+    }
+
+    /// The `service.name` among a resource's attributes ("" when absent).
+    pub fn service<'a>(&self, attributes: AttrIter<'a>) -> &'a str {
+        for attr in attributes {
+            let Ok((key, value)) = attr else { break };
+            let is_service = match key {
+                AttrKey::Index(i) => Some(i) == self.service_key,
+                AttrKey::Inline(k) => k == SERVICE_NAME,
+            };
+            if is_service && let Value::Str(s) = value {
+                return s;
+            }
+        }
+        ""
+    }
+
+    fn messaging_attrs<'a>(&self, attributes: AttrIter<'a>) -> MessagingAttrs<'a> {
+        let mut out = MessagingAttrs::default();
+        for attr in attributes {
+            let Ok((key, Value::Str(v))) = attr else {
+                continue;
+            };
+            let which = match key {
+                AttrKey::Index(i) => self.span_keys.iter().position(|k| *k == Some(i)),
+                AttrKey::Inline(k) => SPAN_KEYS.iter().position(|s| *s == k),
+            };
+            match which {
+                Some(0) => out.operation = Some(v),
+                Some(1) => out.system = v,
+                Some(2) => out.destination = v,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Records one span of trace `id` (already added to `trace`), whose resource has `service`,
+    /// received at `now`.
+    pub fn add_span(
+        &mut self,
+        id: TraceId,
+        trace: &mut PendingTrace,
+        span: &SpanView<'_>,
+        service: &str,
+        now: u64,
+    ) {
+        let state = &mut trace.completeness;
+        let f = &span.fixed;
+        if f.parent_span_id.is_zero() {
+            if state.root.is_none() {
+                state.root = Some((bounded(service).to_owned(), bounded(span.name).to_owned()));
+            }
+        } else if !self.expectations.is_empty() {
+            self.expectations
+                .count(&mut state.expected, span.name, service, f.kind);
+        }
+        let attrs = self.messaging_attrs(span.attributes.clone());
+        match messaging::classify(f.kind, attrs.operation) {
+            Role::Other => {}
+            Role::Producer => {
+                if state.producers.len() >= MAX_PRODUCERS_PER_TRACE
+                    || state.producers.iter().any(|p| p.span_id == f.span_id)
+                {
+                    return;
+                }
+                state.producers.push(Producer {
+                    span_id: f.span_id,
+                    name: bounded(span.name).to_owned(),
+                });
+                let key = (id, f.span_id);
+                self.index
+                    .produce(key, attrs.system, attrs.destination, now);
+                if state.consumer_parents.contains(&f.span_id) {
+                    // Its consumer (a child) arrived first.
+                    self.index.consume_child(key);
+                }
+            }
+            Role::Consumer => {
+                if !f.parent_span_id.is_zero() {
+                    if state.consumer_parents.len() < MAX_CONSUMERS_PER_TRACE {
+                        state.consumer_parents.push(f.parent_span_id);
+                    }
+                    if self.index.consume_child((id, f.parent_span_id)) == Consumed::First {
+                        self.touched.push(id);
+                    }
+                }
+                for link in span.links.clone() {
+                    let Ok((t, s)) = link else { break };
+                    if self.index.consume_link((t, s), now) == Consumed::First {
+                        self.touched.push(t);
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when a producer of trace `id` has no consumer yet.
+    fn has_open_producer(&self, id: TraceId, state: &TraceState) -> bool {
+        state.producers.iter().any(|p| {
+            !state.consumer_parents.contains(&p.span_id)
+                && !self.index.is_consumed(&(id, p.span_id))
+        })
+    }
+
+    /// Called when trace `id` reaches its normal due time `due`: the later due time until which
+    /// it is held for the consumers of its open producers, or `None` to decide it now. A trace is
+    /// held once, for at most `consumer_wait`.
+    pub fn hold(&self, id: TraceId, trace: &mut PendingTrace, due: u64) -> Option<u64> {
+        if self.consumer_wait == 0
+            || trace.completeness.held
+            || !self.has_open_producer(id, &trace.completeness)
+        {
+            return None;
+        }
+        trace.completeness.held = true;
+        Some(due.saturating_add(self.consumer_wait))
+    }
+
+    /// Makes every held trace whose producers are all consumed now due at `now`.
+    pub fn release(
+        &mut self,
+        traces: &mut HashMap<TraceId, PendingTrace>,
+        queue: &mut DueQueue,
+        now: u64,
+    ) {
+        for id in core::mem::take(&mut self.touched) {
+            if let Some(t) = traces.get_mut(&id)
+                && t.completeness.held
+                && t.due > now
+                && !self.has_open_producer(id, &t.completeness)
+            {
+                t.due = now;
+                queue.push(now, id);
+            }
+        }
+    }
+
+    /// Checks trace `id`, being decided at `now`, and counts it for the metrics. Sorts and
+    /// deduplicates its id lists in place.
+    pub fn check(&mut self, id: TraceId, trace: &mut PendingTrace, now: u64) -> Report {
+        let mut missing = Vec::new();
+        let state = &trace.completeness;
+        let (service, name) = match &state.root {
+            Some((service, name)) => (service.as_str(), name.as_str()),
+            None => {
+                missing.push(MISSING_ROOT.to_owned());
+                ("", "")
+            }
+        };
+        if state.root.is_some() && !self.expectations.is_empty() {
+            for e in self.expectations.missing(service, name, &state.expected) {
+                missing.push(format!("{MISSING_EXPECTED_PREFIX}{e}"));
+            }
+        }
+        let mut open: Vec<&str> = state
+            .producers
+            .iter()
+            .filter(|p| {
+                !state.consumer_parents.contains(&p.span_id)
+                    && !self.index.is_consumed(&(id, p.span_id))
+            })
+            .map(|p| p.name.as_str())
+            .collect();
+        open.sort_unstable();
+        open.dedup();
+        for name in open {
+            missing.push(format!("{MISSING_CONSUMER_PREFIX}{name}"));
+        }
+        for p in &state.producers {
+            self.index.decided(&(id, p.span_id));
+        }
+        missing.truncate(MAX_MISSING_ENTRIES);
+        let (service, name) = (service.to_owned(), name.to_owned());
+        structural(trace, &mut missing);
+        self.roots.record(&service, &name, missing.is_empty(), now);
+        report(missing)
+    }
+
+    /// Finishes a decision batch: adds the metrics section when counts changed and
+    /// [`METRICS_INTERVAL_NS`] passed since the last one (always with `force`, and at least every
+    /// [`METRICS_REFRESH_NS`]), and otherwise asks for a tick when the pending counts are due.
+    pub fn finish(&mut self, out: DecisionWriter, next_due: u64, now: u64, force: bool) -> Vec<u8> {
+        let dirty = self.index.is_dirty() || self.roots.is_dirty();
+        let since = self.last_metrics.map(|t| now.saturating_sub(t));
+        let send = match since {
+            None => dirty,
+            Some(_) if force => true,
+            Some(elapsed) => {
+                (dirty && elapsed >= METRICS_INTERVAL_NS) || elapsed >= METRICS_REFRESH_NS
+            }
+        };
+        if send {
+            let mut m = MetricsWriter::new();
+            self.index.write_metrics(now, &mut m);
+            self.roots.write_metrics(now, &mut m);
+            self.last_metrics = Some(now);
+            return out.finish_with_metrics(next_due, &m);
+        }
+        let next_due = match self.last_metrics {
+            Some(t) if dirty => {
+                let at = t.saturating_add(METRICS_INTERVAL_NS).max(1);
+                if next_due == 0 { at } else { next_due.min(at) }
+            }
+            _ => next_due,
+        };
+        out.finish(next_due)
+    }
+}
+
+#[cfg(test)]
+mod sampler_tests;
 
 #[cfg(test)]
 mod tests {

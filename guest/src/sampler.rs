@@ -6,7 +6,7 @@ use hashbrown::HashMap;
 use hashbrown::hash_map::Entry;
 use tracekeeper_abi::{BatchReader, DecisionWriter, Record, SpanView, TraceId};
 
-use crate::completeness;
+use crate::completeness::{self, Tracker};
 use crate::config::ProcessorsConfig;
 use crate::interest::Interest;
 use crate::policy::{self, NamedPolicy, TraceFacts};
@@ -31,6 +31,7 @@ pub struct Sampler {
     decision_wait: u64,
     wait_after_root: Option<u64>,
     first_match: bool,
+    completeness: Tracker,
 }
 
 /// Nanoseconds of a duration, saturating (durations are checked to fit at parse time).
@@ -50,7 +51,10 @@ impl Sampler {
         config.validate()?;
         let ts = &config.tail_sampling;
         let policies = policy::build_all(&ts.policies, "processors.tail_sampling.policies")?;
+        let mut interest = Interest::for_current_policies();
+        completeness::add_interest(&mut interest);
         let sampler = Sampler {
+            completeness: Tracker::new(&config.completeness, &interest)?,
             policies,
             traces: HashMap::new(),
             queue: DueQueue::new(),
@@ -59,7 +63,7 @@ impl Sampler {
             first_match: ts.sample_on_first_match,
             config,
         };
-        Ok((sampler, Interest::for_current_policies()))
+        Ok((sampler, interest))
     }
 
     /// The configuration in force.
@@ -78,16 +82,23 @@ impl Sampler {
     pub fn ingest(&mut self, batch: &[u8], now: u64) -> Result<Vec<u8>, String> {
         let reader =
             BatchReader::new(batch).map_err(|e| format!("malformed span batch header: {e}"))?;
+        // The service of each resource of the batch, by resource index.
+        let mut services: Vec<&str> = Vec::new();
         for (i, record) in reader.enumerate() {
             match record.map_err(|e| format!("malformed span batch at record {i}: {e}"))? {
-                Record::Resource(_) => {}
-                Record::Span(span) => self.add_span(&span, now),
+                Record::Resource(r) => services.push(self.completeness.service(r.attributes)),
+                Record::Span(span) => {
+                    let service = services.get(span.fixed.resource as usize).copied();
+                    self.add_span(&span, service.unwrap_or(""), now);
+                }
             }
         }
+        self.completeness
+            .release(&mut self.traces, &mut self.queue, now);
         Ok(self.tick(now))
     }
 
-    fn add_span(&mut self, span: &SpanView<'_>, now: u64) {
+    fn add_span(&mut self, span: &SpanView<'_>, service: &str, now: u64) {
         let id = span.fixed.trace_id;
         let trace = match self.traces.entry(id) {
             Entry::Occupied(o) => o.into_mut(),
@@ -99,6 +110,7 @@ impl Sampler {
         };
         let had_root = trace.has_root();
         trace.add_span(&span.fixed, span.trace_state, now);
+        self.completeness.add_span(id, trace, span, service, now);
         if !had_root
             && trace.has_root()
             && let Some(wait) = self.wait_after_root
@@ -118,9 +130,18 @@ impl Sampler {
             && due <= now
         {
             self.queue.pop();
+            // A trace with an open producer is held once, for its consumers.
+            if let Some(trace) = self.traces.get_mut(&id)
+                && trace.due == due
+                && let Some(later) = self.completeness.hold(id, trace, due)
+            {
+                trace.due = later;
+                self.queue.push(later, id);
+                continue;
+            }
             self.decide_if_current(due, id, now, &mut out);
         }
-        self.finish(out)
+        self.finish(out, now, false)
     }
 
     /// Decides the given traces now, due or not (`trace_ids`: 16 bytes each, concatenated).
@@ -142,7 +163,7 @@ impl Sampler {
                 self.decide(id, trace, now, &mut out);
             }
         }
-        Ok(self.finish(out))
+        Ok(self.finish(out, now, false))
     }
 
     /// Decides every pending trace now, earliest due first (shutdown, instance replacement).
@@ -159,7 +180,7 @@ impl Sampler {
                 self.decide(id, trace, now, &mut out);
             }
         }
-        self.finish(out)
+        self.finish(out, now, true)
     }
 
     /// Decides `id` if the queue entry `(due, id)` is current (the trace is pending with that
@@ -174,7 +195,7 @@ impl Sampler {
     }
 
     fn decide(&mut self, id: TraceId, mut trace: PendingTrace, now: u64, out: &mut DecisionWriter) {
-        let report = completeness::check(&mut trace);
+        let report = self.completeness.check(id, &mut trace, now);
         let facts = TraceFacts {
             trace_id: id,
             trace: &trace,
@@ -210,13 +231,14 @@ impl Sampler {
         0
     }
 
-    fn finish(&mut self, out: DecisionWriter) -> Vec<u8> {
+    /// Finishes an answer; `force` sends the completeness metrics whatever their schedule.
+    fn finish(&mut self, out: DecisionWriter, now: u64, force: bool) -> Vec<u8> {
         let next_due = self.next_due();
         let traces = &self.traces;
         self.queue.compact(traces.len(), |due, id| {
             traces.get(id).is_some_and(|t| t.due == due)
         });
-        out.finish(next_due)
+        self.completeness.finish(out, next_due, now, force)
     }
 }
 

@@ -60,6 +60,8 @@ pub struct PendingTrace {
     pub bytes: u64,
     /// The OpenTelemetry `rv` randomness from a span's `tracestate`, if any span carried one.
     pub rv: Option<u64>,
+    /// Root type, producers, consumers and expected spans, for the completeness rules.
+    pub completeness: crate::completeness::TraceState,
 }
 
 impl PendingTrace {
@@ -75,6 +77,7 @@ impl PendingTrace {
             span_count: 0,
             bytes: 0,
             rv: None,
+            completeness: crate::completeness::TraceState::default(),
         }
     }
 

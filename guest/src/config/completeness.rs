@@ -1,9 +1,8 @@
 //! The `completeness` processor section: how long to wait for consumers, the ratio window, and the
 //! expectations ("a `POST /checkout` root must have a `send_email` descendant").
 //!
-//! The section is parsed and validated here. Matching expectations and waiting for consumers is
-//! a later issue: for now only structural completeness (`root`, `parent:<id>`) is computed, and
-//! these settings are carried unused.
+//! The section is parsed and validated here (regexes included); `crate::completeness` applies
+//! it.
 
 use core::time::Duration;
 
@@ -16,6 +15,8 @@ use super::duration;
 pub const DEFAULT_CONSUMER_WAIT: Duration = Duration::from_secs(30);
 /// `window` when not set.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+/// Shortest `window` accepted (the window moves in 30 steps).
+pub const MIN_WINDOW: Duration = Duration::from_secs(1);
 /// `min_count` of an expected span when not set.
 pub const DEFAULT_MIN_COUNT: u32 = 1;
 
@@ -61,8 +62,8 @@ pub struct RootMatch {
     pub service: Option<String>,
     /// Exact root span name.
     pub name: Option<String>,
-    /// Regular expression over the root span name. Its syntax is checked when expectation
-    /// matching is implemented; for now it is only required to be non-empty.
+    /// Regular expression over the root span name, unanchored (write `^...$` to match the whole
+    /// name); the syntax of the `regex-lite` crate (Rust `regex` syntax without Unicode classes).
     pub name_regex: Option<String>,
 }
 
@@ -144,6 +145,12 @@ impl CompletenessConfig {
     /// Checks what the types cannot: each root selects by name or regex, each expectation
     /// expects something. `at` is the section's path (`processors.completeness`).
     pub fn validate(&self, at: &str) -> Result<(), String> {
+        if self.window < MIN_WINDOW {
+            return Err(format!(
+                "{at}.window: must be at least {}s",
+                MIN_WINDOW.as_secs()
+            ));
+        }
         for (i, e) in self.expectations.iter().enumerate() {
             let here = format!("{at}.expectations[{i}]");
             match (&e.root.name, &e.root.name_regex) {
@@ -160,6 +167,10 @@ impl CompletenessConfig {
                 }
                 (None, Some(r)) if r.is_empty() => {
                     return Err(format!("{here}.root.name_regex: must not be empty"));
+                }
+                (None, Some(r)) => {
+                    crate::completeness::expect::compile_regex(r)
+                        .map_err(|e| format!("{here}.root.name_regex: {e}"))?;
                 }
                 _ => {}
             }
@@ -180,8 +191,40 @@ impl CompletenessConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_values_name_their_path() {
+        let check = |json: &str| {
+            let c: CompletenessConfig = serde_json::from_str(json).unwrap();
+            c.validate("processors.completeness").unwrap_err()
+        };
+        assert_eq!(
+            check(r#"{"window": "10ms"}"#),
+            "processors.completeness.window: must be at least 1s"
+        );
+        let err = check(
+            r#"{"expectations": [{"root": {"name_regex": "a("}, "expect": [{"name": "b"}]}]}"#,
+        );
+        assert!(
+            err.starts_with("processors.completeness.expectations[0].root.name_regex: invalid"),
+            "{err}"
+        );
+        let err = check(r#"{"expectations": [{"root": {"name": "a"}, "expect": []}]}"#);
+        assert!(
+            err.ends_with("expect: list at least one expected span"),
+            "{err}"
+        );
+        let err = check(
+            r#"{"expectations": [{"root": {"name": "a"}, "expect": [{"name": "b", "min_count": 0}]}]}"#,
+        );
+        assert!(
+            err.ends_with("expect[0].min_count: must be at least 1"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn kind_names() {

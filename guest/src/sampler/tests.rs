@@ -129,8 +129,9 @@ fn decide(s: &mut Sampler, spans: &[S]) -> Vec<D> {
 fn configure_returns_the_interest() {
     let (s, interest) = Sampler::configure(&config(10.0)).unwrap();
     assert_eq!(interest.resource_attributes, ["service.name"]);
-    assert!(interest.span_attributes.is_empty());
-    assert!(!interest.links && !interest.events);
+    // Completeness reads the messaging attributes and the links of consumer spans.
+    assert_eq!(interest.span_attributes, crate::completeness::SPAN_KEYS);
+    assert!(interest.links && !interest.events);
     assert!(!interest.all_span_attributes && !interest.all_resource_attributes);
     assert_eq!(s.config().tail_sampling.policies.len(), 3);
     assert_eq!(s.pending_traces(), 0);
