@@ -804,4 +804,64 @@ mod tests {
         b[FLAGS_AT] = 1;
         assert!(DecisionReader::new(&b).unwrap().into_metrics().is_err());
     }
+
+    /// The worked example of `wit/README.md` §9.6: the two decisions of §9.5 and a metrics
+    /// section with one queue.
+    #[test]
+    fn documented_metrics_example() {
+        let mut id = [
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+            0x47, 0x36,
+        ];
+        let mut w = DecisionWriter::new();
+        w.push(
+            TraceId(id),
+            Decision::Sampled,
+            Completeness::Complete,
+            ThresholdOp::Raise(0xe6666666666666),
+            "baseline",
+            [],
+            &[],
+        );
+        id[15] = 0x37;
+        w.push(
+            TraceId(id),
+            Decision::Sampled,
+            Completeness::Incomplete,
+            ThresholdOp::Keep,
+            "incomplete",
+            ["root"],
+            &[],
+        );
+        let mut m = MetricsWriter::new();
+        m.queue(&QueueMetrics {
+            system: "rabbitmq",
+            destination: "order_confirmed",
+            produced: 5,
+            consumed: 2,
+            consumed_late: 1,
+            oldest_unconsumed: 1_700_000_000_000_000_000,
+        });
+        let buf = w.finish_with_metrics(1_700_000_010_000_000_000, &m);
+        assert_eq!(buf.len(), 197);
+        assert_eq!(&buf[..8], &[0x54, 0x4b, 0x44, 0x31, 1, 0, 1, 0]);
+        let tail: [u8; 79] = [
+            0x01, 0x00, 0x00, 0x00, 0x3f, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x72, 0x61,
+            0x62, 0x62, 0x69, 0x74, 0x6d, 0x71, 0x0f, 0x00, 0x00, 0x00, 0x6f, 0x72, 0x64, 0x65,
+            0x72, 0x5f, 0x63, 0x6f, 0x6e, 0x66, 0x69, 0x72, 0x6d, 0x65, 0x64, 0x05, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2a, 0x36, 0xfe, 0x9c, 0x97,
+            0x17, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(&buf[0x76..], &tail[..]);
+        let m = DecisionReader::new(&buf)
+            .unwrap()
+            .into_metrics()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            m.queues().next().unwrap().oldest_unconsumed,
+            1_700_000_000_000_000_000
+        );
+    }
 }
