@@ -9,10 +9,9 @@ use tracekeeper_abi::{BatchReader, DecisionWriter, Record, SpanView, TraceId};
 use crate::completeness::{self, Tracker};
 use crate::config::ProcessorsConfig;
 use crate::interest::Interest;
-use crate::policy::{self, NamedPolicy, TraceFacts};
+use crate::policy::{Engine, TraceFacts, engine};
 use crate::schedule::DueQueue;
 use crate::trace::PendingTrace;
-use crate::verdict;
 
 /// Length of a trace id in a `decide-now` list.
 pub const TRACE_ID_LEN: usize = 16;
@@ -25,12 +24,11 @@ pub const TRACE_ID_LEN: usize = 16;
 #[derive(Debug)]
 pub struct Sampler {
     config: ProcessorsConfig,
-    policies: Vec<NamedPolicy>,
+    engine: Engine,
     traces: HashMap<TraceId, PendingTrace>,
     queue: DueQueue,
     decision_wait: u64,
     wait_after_root: Option<u64>,
-    first_match: bool,
     completeness: Tracker,
 }
 
@@ -50,17 +48,16 @@ impl Sampler {
     pub fn from_config(config: ProcessorsConfig) -> Result<(Sampler, Interest), String> {
         config.validate()?;
         let ts = &config.tail_sampling;
-        let policies = policy::build_all(&ts.policies, "processors.tail_sampling.policies")?;
         let mut interest = Interest::for_current_policies();
         completeness::add_interest(&mut interest);
+        let engine = Engine::build(ts, &mut interest, "processors.tail_sampling")?;
         let sampler = Sampler {
             completeness: Tracker::new(&config.completeness, &interest)?,
-            policies,
-            traces: HashMap::new(),
+            engine,
+            traces: HashMap::with_capacity(engine::expected_pending(ts)),
             queue: DueQueue::new(),
             decision_wait: nanos(ts.decision_wait),
             wait_after_root: ts.decision_wait_after_root_received.map(nanos),
-            first_match: ts.sample_on_first_match,
             config,
         };
         Ok((sampler, interest))
@@ -84,18 +81,45 @@ impl Sampler {
             BatchReader::new(batch).map_err(|e| format!("malformed span batch header: {e}"))?;
         // The service of each resource of the batch, by resource index.
         let mut services: Vec<&str> = Vec::new();
+        // The policies' per-batch state, and traces grown past `maximum_trace_size_bytes`.
+        let mut scope = self.engine.begin_batch();
+        let mut oversized = Vec::new();
         for (i, record) in reader.enumerate() {
-            match record.map_err(|e| format!("malformed span batch at record {i}: {e}"))? {
-                Record::Resource(r) => services.push(self.completeness.service(r.attributes)),
+            let malformed = |e| format!("malformed span batch at record {i}: {e}");
+            match record.map_err(malformed)? {
+                Record::Resource(r) => {
+                    self.engine
+                        .observe_resource(&mut scope, &r)
+                        .map_err(malformed)?;
+                    services.push(self.completeness.service(r.attributes));
+                }
                 Record::Span(span) => {
                     let service = services.get(span.fixed.resource as usize).copied();
                     self.add_span(&span, service.unwrap_or(""), now);
+                    if self.engine.watches_spans()
+                        && let Some(trace) = self.traces.get_mut(&span.fixed.trace_id)
+                    {
+                        self.engine
+                            .observe_span(&mut scope, &span, &mut trace.matches)
+                            .map_err(malformed)?;
+                        if self.engine.oversized(trace) {
+                            oversized.push(span.fixed.trace_id);
+                        }
+                    }
                 }
+            }
+        }
+        // Decided after the batch, so the rest of its spans joined the trace (the host holds
+        // them and drops them with it).
+        let mut out = DecisionWriter::new();
+        for id in oversized {
+            if let Some(trace) = self.traces.remove(&id) {
+                self.decide(id, trace, now, &mut out);
             }
         }
         self.completeness
             .release(&mut self.traces, &mut self.queue, now);
-        Ok(self.tick(now))
+        Ok(self.tick_into(out, now))
     }
 
     fn add_span(&mut self, span: &SpanView<'_>, service: &str, now: u64) {
@@ -125,7 +149,11 @@ impl Sampler {
 
     /// Decides every trace due at `now` (due time <= `now`), earliest first.
     pub fn tick(&mut self, now: u64) -> Vec<u8> {
-        let mut out = DecisionWriter::new();
+        self.tick_into(DecisionWriter::new(), now)
+    }
+
+    /// [`Sampler::tick`], appending to decisions already in `out`.
+    fn tick_into(&mut self, mut out: DecisionWriter, now: u64) -> Vec<u8> {
         while let Some((due, id)) = self.queue.peek()
             && due <= now
         {
@@ -202,11 +230,7 @@ impl Sampler {
             completeness: report.completeness,
             now,
         };
-        let v = verdict::evaluate(&mut self.policies, &facts, self.first_match);
-        let policy = v
-            .policy
-            .and_then(|i| self.policies.get(i))
-            .map_or("", |p| p.name.as_str());
+        let (v, policy) = self.engine.decide(&facts);
         out.push(
             id,
             v.decision,

@@ -62,6 +62,12 @@ pub struct PendingTrace {
     pub rv: Option<u64>,
     /// Root type, producers, consumers and expected spans, for the completeness rules.
     pub completeness: crate::completeness::TraceState,
+    /// Which span predicates of the policies matched (attributes, OTTL, ...), one bit each.
+    pub matches: crate::policy::predicate::MatchBits,
+    /// Earliest non-zero span start time (Unix ns), 0 while none.
+    pub min_start: u64,
+    /// Latest span end time (Unix ns).
+    pub max_end: u64,
 }
 
 impl PendingTrace {
@@ -78,6 +84,9 @@ impl PendingTrace {
             bytes: 0,
             rv: None,
             completeness: crate::completeness::TraceState::default(),
+            matches: crate::policy::predicate::MatchBits::default(),
+            min_start: 0,
+            max_end: 0,
         }
     }
 
@@ -98,6 +107,12 @@ impl PendingTrace {
         if self.rv.is_none() && !trace_state.is_empty() {
             self.rv = threshold::rv_from_tracestate(trace_state);
         }
+        if span.start_unix_nano != 0
+            && (self.min_start == 0 || span.start_unix_nano < self.min_start)
+        {
+            self.min_start = span.start_unix_nano;
+        }
+        self.max_end = self.max_end.max(span.end_unix_nano);
     }
 
     /// True once a root span (zero parent id) arrived.
@@ -157,5 +172,21 @@ mod tests {
         assert_eq!(t.bytes, 250);
         assert_eq!(t.rv, Some(1));
         assert!(t.statuses.contains(STATUS_ERROR) && t.statuses.contains(STATUS_UNSET));
+    }
+
+    #[test]
+    fn add_span_tracks_the_trace_extent() {
+        let mut t = PendingTrace::new(0, 0);
+        let span = |start, end| SpanFixed {
+            start_unix_nano: start,
+            end_unix_nano: end,
+            ..SpanFixed::default()
+        };
+        t.add_span(&span(0, 0), "", 0);
+        assert_eq!((t.min_start, t.max_end), (0, 0));
+        t.add_span(&span(200, 300), "", 0);
+        t.add_span(&span(100, 250), "", 0);
+        t.add_span(&span(0, 500), "", 0);
+        assert_eq!((t.min_start, t.max_end), (100, 500));
     }
 }

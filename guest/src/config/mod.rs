@@ -26,7 +26,9 @@ pub struct ProcessorsConfig {
 
 impl ProcessorsConfig {
     /// Parses and validates the JSON form of the `processors` section. The error names the
-    /// offending key by its full path, starting with `processors`.
+    /// offending key by its full path, starting with `processors`, and each policy on the way
+    /// by its name: `processors.tail_sampling.policies[3] (name: slow): latency.threshold_ms:
+    /// expected an integer, got string "5s"`.
     pub fn from_json(json: &str) -> Result<Self, String> {
         let value: serde_json::Value = serde_json::from_str(json)
             .map_err(|e| format!("{ROOT_PATH}: the configuration is not valid JSON: {e}"))?;
@@ -36,13 +38,13 @@ impl ProcessorsConfig {
         }
         // Deserializing from a `Value` keeps JSON line/column numbers (meaningless to someone
         // who wrote YAML) out of the messages.
-        let config: ProcessorsConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if path == "." {
-                format!("{ROOT_PATH}: {inner}")
+        let config: ProcessorsConfig = serde_path_to_error::deserialize(&value).map_err(|e| {
+            let at = describe_path(&value, e.path());
+            let inner = humanize(&e.into_inner().to_string());
+            if at.ends_with(": ") {
+                format!("{at}{inner}")
             } else {
-                format!("{ROOT_PATH}.{path}: {inner}")
+                format!("{at}: {inner}")
             }
         })?;
         config.validate()?;
@@ -57,6 +59,83 @@ impl ProcessorsConfig {
             .validate(&format!("{ROOT_PATH}.completeness"))?;
         Ok(())
     }
+}
+
+/// Keys of lists (or, for `not_sub_policy`, a map) whose entries are policies, named in paths.
+const POLICY_KEYS: [&str; 5] = [
+    "policies",
+    "and_sub_policy",
+    "drop_sub_policy",
+    "composite_sub_policy",
+    "not_sub_policy",
+];
+
+/// Writes `path` (relative to `processors`) as `processors.a.b[2]`, inserting the name of each
+/// policy it passes through: `processors.tail_sampling.policies[2] (name: slow): latency`.
+fn describe_path(root: &serde_json::Value, path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = ROOT_PATH.to_owned();
+    let mut node = Some(root);
+    let mut parent_key = "";
+    for seg in path.iter() {
+        let entered = match seg {
+            Segment::Map { key } => {
+                if !out.ends_with(": ") {
+                    out.push('.');
+                }
+                out.push_str(key);
+                node = node.and_then(|n| n.get(key.as_str()));
+                parent_key = key.as_str();
+                parent_key == "not_sub_policy"
+            }
+            Segment::Seq { index } => {
+                out.push_str(&format!("[{index}]"));
+                node = node.and_then(|n| n.get(*index));
+                POLICY_KEYS.contains(&parent_key)
+            }
+            Segment::Enum { variant } => {
+                out.push('.');
+                out.push_str(variant);
+                false
+            }
+            Segment::Unknown => {
+                out.push_str(".?");
+                false
+            }
+        };
+        if entered
+            && let Some(name) = node
+                .and_then(|n| n.get("name"))
+                .and_then(serde_json::Value::as_str)
+                .filter(|n| !n.is_empty())
+        {
+            out.push_str(&format!(" (name: {name}): "));
+        }
+    }
+    out
+}
+
+/// Rewrites serde's type errors in a config writer's words: `invalid type: string "5s",
+/// expected i64` becomes `expected an integer, got string "5s"`.
+fn humanize(msg: &str) -> String {
+    let Some(rest) = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))
+    else {
+        return msg.to_owned();
+    };
+    let Some((got, expected)) = rest.rsplit_once(", expected ") else {
+        return msg.to_owned();
+    };
+    let expected = match expected {
+        "i64" | "i32" | "i16" | "i8" | "isize" => "an integer",
+        "u64" | "u32" | "u16" | "u8" | "usize" => "a non-negative integer",
+        "f64" | "f32" => "a number",
+        "a sequence" => "a list",
+        e if e.starts_with("struct ") => "a map",
+        e => e,
+    };
+    format!("expected {expected}, got {got}")
 }
 
 #[cfg(test)]
@@ -126,8 +205,8 @@ mod tests {
         .unwrap_err();
         assert!(
             err.starts_with(
-                "processors.tail_sampling.policies[2].probabilistic.sampling_precentage: \
-                 unknown field `sampling_precentage`"
+                "processors.tail_sampling.policies[2] (name: c): \
+                 probabilistic.sampling_precentage: unknown field `sampling_precentage`"
             ),
             "{err}"
         );
@@ -161,7 +240,7 @@ mod tests {
         let err =
             ProcessorsConfig::from_json(r#"{"tail_sampling": {"decision_wait": 10}}"#).unwrap_err();
         assert!(
-            err.starts_with("processors.tail_sampling.decision_wait: invalid type: integer"),
+            err.starts_with("processors.tail_sampling.decision_wait: expected a duration string"),
             "{err}"
         );
         let err =

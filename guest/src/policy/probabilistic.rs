@@ -2,9 +2,14 @@
 //! randomness with an OpenTelemetry rejection threshold, so the keep carries an honest weight
 //! (`th` in `tracestate`) and depends only on the trace id (or `rv`): every instance agrees.
 //!
-//! `hash_salt` is accepted for compatibility with collector configurations and ignored: the
-//! collector hashes the trace id with the salt, but a threshold is only meaningful against the
-//! trace's own randomness, which downstream samplers also use. (A later issue may revisit this.)
+//! Difference from the collector: the collector hashes the trace id with `hash_salt` and keeps
+//! the traces whose hash falls under the percentage. Here `hash_salt` is accepted (so collector
+//! configurations load unchanged) and has no effect: a threshold is only an honest weight when
+//! it is compared with the trace's own randomness (W3C trace context level 2, OTEP 235), which
+//! downstream samplers also use, and only then do two instances (or two tiers) that see the
+//! same trace id agree. The kept fraction is the same; which traces are kept differs from a
+//! collector's. To sample independently in two tiers, give them different percentages: the
+//! equalizing threshold keeps the tiers consistent.
 
 use serde::Deserialize;
 use tracekeeper_abi::ThresholdOp;
@@ -22,7 +27,7 @@ pub const MAX_PERCENTAGE: f64 = 100.0;
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProbabilisticConfig {
-    /// Accepted and ignored (see the module documentation).
+    /// Accepted, without effect (see the module documentation).
     pub hash_salt: Option<String>,
     /// Percentage of traces to keep, 0 to 100 (0, the collector's default, keeps none).
     pub sampling_percentage: f64,
@@ -63,5 +68,10 @@ impl Policy for Probabilistic {
         } else {
             Outcome::Sampled(ThresholdOp::Raise(self.threshold))
         }
+    }
+
+    fn deterministic(&self) -> bool {
+        // Only the two certain cases (keep all, keep none) do not depend on randomness.
+        self.threshold == 0 || self.threshold >= threshold::MAX_THRESHOLD
     }
 }
