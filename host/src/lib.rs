@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod buffer;
+pub mod completeness_metrics;
 pub mod config;
 pub mod export;
 pub mod guest;

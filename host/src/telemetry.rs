@@ -14,6 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::completeness_metrics::CompletenessMetrics;
+
 /// Label set `{protocol}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabel {
@@ -44,6 +46,38 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Label set `{root_service,root_name}`: a root span type.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RootLabels {
+    /// `service.name` of the root span ("" for traces without a root).
+    pub root_service: String,
+    /// Name of the root span ("" for traces without a root).
+    pub root_name: String,
+}
+
+/// Label set `{root_service,root_name,completeness}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RootCompletenessLabels {
+    /// `service.name` of the root span.
+    pub root_service: String,
+    /// Name of the root span.
+    pub root_name: String,
+    /// `complete` or `incomplete`.
+    pub completeness: &'static str,
+}
+
+/// Label set `{messaging_system,destination}`: a message queue.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// `messaging.system` of the producer spans.
+    pub messaging_system: String,
+    /// `messaging.destination.name` of the producer spans.
+    pub destination: String,
+}
+
+/// A gauge with a fractional value.
+pub type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 /// Every metric the host exports (names in DESIGN.md section 5).
 #[derive(Debug)]
 pub struct Metrics {
@@ -64,6 +98,21 @@ pub struct Metrics {
     pub spans_late: Counter,
     /// `tracekeeper_guest_faults_total{kind}`
     pub guest_faults: Family<KindLabel, Counter>,
+    /// `tracekeeper_traces_total{root_service,root_name,completeness}`
+    pub traces_by_root: Family<RootCompletenessLabels, Counter>,
+    /// `tracekeeper_trace_completeness_ratio{root_service,root_name}`
+    pub completeness_ratio: Family<RootLabels, FloatGauge>,
+    /// `tracekeeper_messages_produced_total{messaging_system,destination}`
+    pub messages_produced: Family<QueueLabels, Counter>,
+    /// `tracekeeper_messages_consumed_total{messaging_system,destination}`
+    pub messages_consumed: Family<QueueLabels, Counter>,
+    /// `tracekeeper_late_completions_total{messaging_system,destination}`: messages consumed
+    /// after their producer's trace was decided.
+    pub late_completions: Family<QueueLabels, Counter>,
+    /// `tracekeeper_oldest_unconsumed_message_age_seconds{messaging_system,destination}`
+    pub oldest_unconsumed_age: Family<QueueLabels, FloatGauge>,
+    /// The latest completeness gauges reported by the guest.
+    pub completeness: CompletenessMetrics,
 }
 
 impl Default for Metrics {
@@ -86,6 +135,13 @@ impl Metrics {
             traces_in_memory: Gauge::default(),
             spans_late: Counter::default(),
             guest_faults: Family::default(),
+            traces_by_root: Family::default(),
+            completeness_ratio: Family::default(),
+            messages_produced: Family::default(),
+            messages_consumed: Family::default(),
+            late_completions: Family::default(),
+            oldest_unconsumed_age: Family::default(),
+            completeness: CompletenessMetrics::default(),
         };
         registry.register(
             "spans_received",
@@ -127,6 +183,36 @@ impl Metrics {
             "Guest failures, by kind",
             m.guest_faults.clone(),
         );
+        registry.register(
+            "traces",
+            "Traces decided, by root span type (service and name) and completeness",
+            m.traces_by_root.clone(),
+        );
+        registry.register(
+            "trace_completeness_ratio",
+            "Share of complete traces per root span type over the completeness window",
+            m.completeness_ratio.clone(),
+        );
+        registry.register(
+            "messages_produced",
+            "Messages produced (producer spans), by messaging system and destination",
+            m.messages_produced.clone(),
+        );
+        registry.register(
+            "messages_consumed",
+            "Messages consumed (first consumer span of each message), by messaging system and destination",
+            m.messages_consumed.clone(),
+        );
+        registry.register(
+            "late_completions",
+            "Messages consumed after their producer's trace was decided",
+            m.late_completions.clone(),
+        );
+        registry.register(
+            "oldest_unconsumed_message_age_seconds",
+            "Age of the oldest message no consumer span consumed yet",
+            m.oldest_unconsumed_age.clone(),
+        );
         // Families appear in the exposition only once they have a series: create the known
         // ones at zero so dashboards and alerts see every name from the start.
         for protocol in ["grpc", "http"] {
@@ -147,6 +233,17 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        self.completeness.refresh_ages_now(self);
+        self.encode()
+    }
+
+    /// The Prometheus text exposition with message ages computed at `now` (Unix ns).
+    pub fn render_at(&self, now: u64) -> String {
+        self.completeness.refresh_ages(self, now);
+        self.encode()
+    }
+
+    fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

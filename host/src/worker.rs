@@ -313,6 +313,7 @@ impl Worker {
     }
 
     fn apply(&mut self, bytes: &[u8]) -> Result<(), LayoutError> {
+        crate::completeness_metrics::record(&self.metrics, bytes);
         let reader = DecisionReader::new(bytes)?;
         self.next_due = reader.next_due();
         for rec in reader {
