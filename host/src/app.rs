@@ -15,19 +15,13 @@ use crate::receiver::{self, Ingest};
 use crate::shutdown;
 use crate::telemetry::{self, Health, Metrics};
 use crate::worker::{
-    DEFAULT_NON_SAMPLED_CACHE, DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE, INGEST_QUEUE_LEN,
-    TICK_INTERVAL, Worker, WorkerMsg, WorkerSettings,
+    DEFAULT_NON_SAMPLED_CACHE, DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE, FaultPolicy,
+    INGEST_QUEUE_LEN, TICK_INTERVAL, Worker, WorkerMsg, WorkerSettings,
 };
 
 /// Loads the guest a config and an optional `--guest` name, with the config's limits.
 pub fn load_guest(config: &Config, guest: Option<&Path>) -> anyhow::Result<GuestModule> {
-    let mut limits = GuestLimits::default();
-    if let Some(mib) = config.guest.memory_limit_mib {
-        limits.memory_limit_bytes = mib << 20;
-    }
-    if let Some(t) = config.guest.call_timeout {
-        limits.call_timeout = t;
-    }
+    let limits = GuestLimits::from_section(&config.guest);
     let path = guest.or(config.guest.path.as_deref());
     GuestModule::load(path, limits)
 }
@@ -86,14 +80,22 @@ pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
             .non_sampled_cache_size
             .unwrap_or(DEFAULT_NON_SAMPLED_CACHE),
         drop_pending_on_shutdown: host_ts.drop_pending_traces_on_shutdown,
+        faults: FaultPolicy::from_section(&config.guest),
     };
-    let (worker, interest) = Worker::new(module, settings, export_tx, Arc::clone(&metrics))
-        .context("configuring the guest")?;
+    let (worker, interest) = Worker::new(
+        module,
+        settings,
+        export_tx,
+        Arc::clone(&metrics),
+        Arc::clone(&health),
+    )
+    .context("configuring the guest")?;
     let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE_LEN);
     let due = worker.due();
     let worker_health = Arc::clone(&health);
     let worker_thread = std::thread::Builder::new()
         .name("tracekeeper-worker".into())
+        .stack_size(worker.thread_stack_size())
         .spawn(move || {
             let run = std::panic::AssertUnwindSafe(|| worker.run(ingest_rx));
             if std::panic::catch_unwind(run).is_err() {

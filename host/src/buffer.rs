@@ -140,6 +140,11 @@ impl TraceBuffer {
         self.traces.contains_key(trace_id)
     }
 
+    /// A buffered trace, left in place (to replay it into a new guest instance).
+    pub fn get(&self, trace_id: &TraceId) -> Option<&TraceEntry> {
+        self.traces.get(trace_id)
+    }
+
     /// The oldest `n` traces still buffered (for early decisions when the buffer is full).
     pub fn oldest(&mut self, n: usize) -> Vec<TraceId> {
         let mut out = Vec::with_capacity(n);

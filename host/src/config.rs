@@ -309,7 +309,9 @@ pub struct LogsTelemetry {
     pub encoding: Option<String>,
 }
 
-/// `guest:` — which sampler component runs and its sandbox limits.
+/// `guest:` — which sampler component runs, its sandbox limits, and what the host does when it
+/// keeps failing. Absent keys take the defaults named in `guest` and `worker`
+/// (`guest::GuestLimits::from_section`, `worker::FaultPolicy::from_section`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestSection {
@@ -322,6 +324,70 @@ pub struct GuestSection {
     /// Deadline of one guest call.
     #[serde(default, deserialize_with = "opt_duration")]
     pub call_timeout: Option<Duration>,
+    /// Largest wasm stack of one call, KiB.
+    #[serde(default)]
+    pub stack_limit_kib: Option<usize>,
+    /// Consecutive guest faults after which the host stops asking the guest, keeps every trace
+    /// (fail open) and reports itself degraded.
+    #[serde(default)]
+    pub max_consecutive_faults: Option<u32>,
+    /// First wait before re-trying a guest that made the host degraded.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub retry_initial_interval: Option<Duration>,
+    /// Longest wait between re-tries (the wait doubles after each failed re-try).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub retry_max_interval: Option<Duration>,
+}
+
+impl GuestSection {
+    /// Checks the values against their bounds, naming the key.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        use crate::guest::{
+            EPOCH_TICK, MAX_MEMORY_LIMIT_MIB, MAX_STACK_LIMIT_KIB, MIN_STACK_LIMIT_KIB,
+        };
+        if let Some(mib) = self.memory_limit_mib
+            && !(1..=MAX_MEMORY_LIMIT_MIB).contains(&mib)
+        {
+            return Err(ConfigError(format!(
+                "guest.memory_limit_mib: {mib} is out of range (1 to {MAX_MEMORY_LIMIT_MIB})"
+            )));
+        }
+        if let Some(t) = self.call_timeout
+            && t < EPOCH_TICK
+        {
+            return Err(ConfigError(format!(
+                "guest.call_timeout: {t:?} is below the deadline resolution of {EPOCH_TICK:?}"
+            )));
+        }
+        if let Some(kib) = self.stack_limit_kib
+            && !(MIN_STACK_LIMIT_KIB..=MAX_STACK_LIMIT_KIB).contains(&kib)
+        {
+            return Err(ConfigError(format!(
+                "guest.stack_limit_kib: {kib} is out of range ({MIN_STACK_LIMIT_KIB} to {MAX_STACK_LIMIT_KIB})"
+            )));
+        }
+        if self.max_consecutive_faults == Some(0) {
+            return Err(ConfigError(
+                "guest.max_consecutive_faults: must be at least 1".into(),
+            ));
+        }
+        for (key, v) in [
+            ("retry_initial_interval", self.retry_initial_interval),
+            ("retry_max_interval", self.retry_max_interval),
+        ] {
+            if v == Some(Duration::ZERO) {
+                return Err(ConfigError(format!("guest.{key}: must be above 0")));
+            }
+        }
+        if let (Some(a), Some(b)) = (self.retry_initial_interval, self.retry_max_interval)
+            && a > b
+        {
+            return Err(ConfigError(format!(
+                "guest.retry_initial_interval: {a:?} is above guest.retry_max_interval ({b:?})"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The parts of `processors.tail_sampling` the host itself uses (the guest checks the rest).
@@ -465,6 +531,7 @@ impl Config {
             )));
         }
         self.host_tail_sampling()?;
+        self.guest.check()?;
         Ok(())
     }
 

@@ -1,20 +1,27 @@
 //! The wasmtime runtime for the sampler guest: compile once, instantiate in a sandbox, call.
 //!
-//! The guest gets WASI with no preopened directories, no sockets, no environment and no
-//! arguments; its memory is capped ([`GuestLimits::memory_limit_bytes`]) and every call has a
-//! deadline enforced by epoch interruption. Errors of any kind (trap, deadline, guest error
-//! string, broken answer) come back as [`GuestError`] so the caller can fail open.
+//! The guest gets WASI with no preopened directories, no sockets (TCP, UDP and name lookup are
+//! refused), no environment and no arguments; stdin is closed, and what it writes to stdout or
+//! stderr goes to the host log, line by line, with the guest's name and a rate limit
+//! ([`GuestOutput`]). Its linear memory is capped, its wasm stack is limited, and every call has
+//! a deadline enforced by epoch interruption ([`GuestLimits`]). Any failure comes back as a
+//! [`GuestError`] carrying its [`FaultKind`], so the caller can fail open and count it.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use crate::config::GuestSection;
 use crate::otlp::view::Interest;
 
 wasmtime::component::bindgen!({
@@ -25,63 +32,202 @@ wasmtime::component::bindgen!({
 /// The guest compiled into the binary at build time (see `build.rs`).
 pub const DEFAULT_GUEST: &[u8] = include_bytes!(env!("TRACEKEEPER_DEFAULT_GUEST"));
 
+/// The WIT package (name and version) of the contract this host implements.
+pub const CONTRACT_PACKAGE: &str = "tracekeeper:sampler@1.0.0";
 /// The exported interface name a compatible guest must have (the contract version is the WIT
 /// package version).
 pub const EXPORT_NAME: &str = "tracekeeper:sampler/sampler@1.0.0";
+/// The exported interface name without its version, to recognise a guest built against another
+/// version of the contract.
+const EXPORT_UNVERSIONED: &str = "tracekeeper:sampler/sampler";
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Default `guest.memory_limit_mib`.
+pub const DEFAULT_MEMORY_LIMIT_MIB: usize = 512;
+/// Largest `guest.memory_limit_mib`: a 32-bit linear memory cannot exceed 4 GiB.
+pub const MAX_MEMORY_LIMIT_MIB: usize = 4096;
+/// Default `guest.call_timeout`.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default `guest.stack_limit_kib` (wasm stack of one call).
+pub const DEFAULT_STACK_LIMIT_KIB: usize = 1024;
+/// Smallest `guest.stack_limit_kib`.
+pub const MIN_STACK_LIMIT_KIB: usize = 64;
+/// Largest `guest.stack_limit_kib` (the worker thread's native stack is sized from it).
+pub const MAX_STACK_LIMIT_KIB: usize = 64 * 1024;
+/// Instances, tables and memories one guest store may create (a component instantiates a few
+/// core modules: the guest's own and the WASI adapter).
+pub const MAX_INSTANCES_PER_STORE: usize = 16;
+
+/// Sustained rate of guest output lines written to the host log, per guest.
+pub const GUEST_OUTPUT_LINES_PER_SECOND: f64 = 20.0;
+/// Lines a guest may write at once before [`GUEST_OUTPUT_LINES_PER_SECOND`] applies.
+pub const GUEST_OUTPUT_BURST_LINES: f64 = 100.0;
+/// Longest guest output line logged, in bytes; the rest of a longer line is cut.
+pub const GUEST_OUTPUT_MAX_LINE: usize = 1024;
+/// Bytes the guest may hand over in one WASI `write` (the stream's write permit).
+pub const GUEST_OUTPUT_WRITE_PERMIT: usize = 4096;
+
 /// Sandbox limits for one guest instance.
 #[derive(Debug, Clone, Copy)]
 pub struct GuestLimits {
-    /// Largest linear memory the guest may grow to.
-    pub memory_limit_bytes: usize,
-    /// Deadline of one call.
-    pub call_timeout: Duration,
+    /// Largest linear memory the guest may grow to; `None` leaves memory uncapped.
+    pub memory_limit_bytes: Option<usize>,
+    /// Deadline of one call; `None` compiles the guest without deadline checks.
+    pub call_timeout: Option<Duration>,
+    /// Largest wasm stack of one call.
+    pub max_wasm_stack_bytes: usize,
 }
 
 impl Default for GuestLimits {
     fn default() -> Self {
         GuestLimits {
-            memory_limit_bytes: 512 << 20,
-            call_timeout: Duration::from_secs(2),
+            memory_limit_bytes: Some(DEFAULT_MEMORY_LIMIT_MIB << 20),
+            call_timeout: Some(DEFAULT_CALL_TIMEOUT),
+            max_wasm_stack_bytes: DEFAULT_STACK_LIMIT_KIB << 10,
         }
     }
 }
 
-/// Why a guest call failed.
+impl GuestLimits {
+    /// The limits of a `guest:` configuration section (defaults for absent keys).
+    pub fn from_section(section: &GuestSection) -> Self {
+        let d = GuestLimits::default();
+        GuestLimits {
+            memory_limit_bytes: section
+                .memory_limit_mib
+                .map(|mib| mib << 20)
+                .or(d.memory_limit_bytes),
+            call_timeout: section.call_timeout.or(d.call_timeout),
+            max_wasm_stack_bytes: section
+                .stack_limit_kib
+                .map(|kib| kib << 10)
+                .unwrap_or(d.max_wasm_stack_bytes),
+        }
+    }
+
+    /// No memory cap and no deadline (the stack limit stays: wasmtime always has one). For
+    /// measuring what the limits cost; a host running untrusted guests never uses this.
+    pub fn unlimited() -> Self {
+        GuestLimits {
+            memory_limit_bytes: None,
+            call_timeout: None,
+            ..GuestLimits::default()
+        }
+    }
+}
+
+/// The kind of a guest fault, the `kind` label of `tracekeeper_guest_faults_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultKind {
+    /// The guest trapped (`unreachable`, out-of-bounds access, stack overflow, a Rust panic...).
+    Trap,
+    /// A call ran past its deadline.
+    Timeout,
+    /// The guest failed in a call during which it was refused memory (its cap was reached), or
+    /// its initial memory is above the cap.
+    Memory,
+    /// The guest answered something that breaks the contract: an `Err`, malformed bytes, a trace
+    /// it cannot decide (unknown, or twice in one answer).
+    BadAnswer,
+}
+
+impl FaultKind {
+    /// Every kind, for metrics that should show each one from the start.
+    pub const ALL: [FaultKind; 4] = [
+        FaultKind::Trap,
+        FaultKind::Timeout,
+        FaultKind::Memory,
+        FaultKind::BadAnswer,
+    ];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Trap => "trap",
+            FaultKind::Timeout => "timeout",
+            FaultKind::Memory => "memory",
+            FaultKind::BadAnswer => "bad_answer",
+        }
+    }
+}
+
+impl std::fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What went wrong in a guest fault.
 #[derive(Debug, thiserror::Error)]
-pub enum GuestError {
-    /// The guest trapped (including running out of memory or past its deadline).
-    #[error("guest trapped in {call}: {source:#}")]
-    Trap {
-        /// The call.
-        call: &'static str,
-        /// The trap.
-        source: wasmtime::Error,
-    },
-    /// The guest returned an error string.
-    #[error("guest {call} returned an error: {message}")]
-    Returned {
-        /// The call.
-        call: &'static str,
-        /// Its message.
-        message: String,
-    },
+pub enum FaultCause {
+    /// The guest trapped or ran out of time (wasmtime's error, with the trap and backtrace).
+    #[error("{0:#}")]
+    Trap(wasmtime::Error),
+    /// The guest returned `Err(message)`.
+    #[error("returned an error: {0}")]
+    Returned(String),
+    /// The answer is not a well-formed decision batch.
+    #[error("malformed decision batch: {0}")]
+    Malformed(tracekeeper_abi::LayoutError),
+    /// The answer is well formed but breaks the contract.
+    #[error("{0}")]
+    Contract(String),
+}
+
+/// A guest fault: which call, what kind, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("guest {call} failed ({kind}): {cause}")]
+pub struct GuestError {
+    /// The call (`instantiate`, `configure`, `ingest`, `tick`, `decide-now`, `flush`).
+    pub call: &'static str,
+    /// The fault kind.
+    pub kind: FaultKind,
+    /// Why.
+    #[source]
+    pub cause: FaultCause,
 }
 
 impl GuestError {
-    /// The fault kind for metrics (`trap`, `timeout`, `memory`, `bad_answer`).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            GuestError::Trap { source, .. } => match source.downcast_ref::<wasmtime::Trap>() {
-                Some(wasmtime::Trap::Interrupt) => "timeout",
-                Some(wasmtime::Trap::HeapMisaligned | wasmtime::Trap::MemoryOutOfBounds) => "trap",
-                _ if format!("{source:#}").contains("memory") => "memory",
-                _ => "trap",
+    /// The fault kind for metrics.
+    pub fn kind(&self) -> FaultKind {
+        self.kind
+    }
+
+    /// A bad answer to `call`.
+    pub fn bad_answer(call: &'static str, cause: FaultCause) -> Self {
+        GuestError {
+            call,
+            kind: FaultKind::BadAnswer,
+            cause,
+        }
+    }
+
+    /// Classifies a wasmtime error of a call; `memory_denied` tells whether the guest was
+    /// refused memory during the call.
+    fn from_wasmtime(call: &'static str, source: wasmtime::Error, memory_denied: bool) -> Self {
+        let kind = match source.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => FaultKind::Timeout,
+            _ if memory_denied => FaultKind::Memory,
+            _ => FaultKind::Trap,
+        };
+        GuestError {
+            call,
+            kind,
+            cause: FaultCause::Trap(source),
+        }
+    }
+
+    fn returned(call: &'static str, message: String, memory_denied: bool) -> Self {
+        GuestError {
+            call,
+            kind: if memory_denied {
+                FaultKind::Memory
+            } else {
+                FaultKind::BadAnswer
             },
-            GuestError::Returned { .. } => "bad_answer",
+            cause: FaultCause::Returned(message),
         }
     }
 }
@@ -93,20 +239,23 @@ pub struct GuestModule {
     pre: SamplerGuestPre<State>,
     limits: GuestLimits,
     name: Arc<str>,
+    output_gate: Arc<Mutex<OutputGate>>,
 }
 
 impl std::fmt::Debug for GuestModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuestModule")
             .field("name", &self.name)
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
+/// The per-store state: WASI (granting nothing) and the memory limiter.
 struct State {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limiter: Limiter,
 }
 
 impl WasiView for State {
@@ -118,17 +267,68 @@ impl WasiView for State {
     }
 }
 
-/// Builds the engine: epoch interruption for deadlines, the on-disk compilation cache when a
-/// cache directory is available (so restarts do not recompile the same guest).
-fn engine() -> anyhow::Result<Engine> {
+/// wasmtime's [`StoreLimits`], plus a record of whether it refused memory, so that a failure
+/// caused by the memory cap is told apart from other traps without guessing from messages.
+struct Limiter {
+    limits: StoreLimits,
+    memory_denied: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if !allowed {
+            self.memory_denied = true;
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.memory_denied = true;
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+/// Builds the engine: epoch interruption for deadlines (when limited), the stack limit, and the
+/// on-disk compilation cache when a cache directory is available (so restarts do not recompile
+/// the same guest).
+fn engine(limits: &GuestLimits) -> anyhow::Result<Engine> {
     let mut config = Config::new();
-    config.epoch_interruption(true);
-    config.max_wasm_stack(1 << 20);
+    config.epoch_interruption(limits.call_timeout.is_some());
+    config.max_wasm_stack(limits.max_wasm_stack_bytes);
     if let Ok(cache) = wasmtime::Cache::new(wasmtime::CacheConfig::new()) {
         config.cache(Some(cache));
     }
     let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
-    start_epoch_ticker(&engine);
+    if limits.call_timeout.is_some() {
+        start_epoch_ticker(&engine);
+    }
     Ok(engine)
 }
 
@@ -149,8 +349,38 @@ fn start_epoch_ticker(engine: &Engine) {
         });
 }
 
+/// The message for a component that does not export the contract interface, naming a
+/// different contract version when that is what it exports.
+fn missing_export_message(name: &str, exports: &[String]) -> String {
+    let other = exports.iter().find(|e| {
+        e.strip_prefix(EXPORT_UNVERSIONED)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('@'))
+    });
+    match other {
+        Some(found) => {
+            let version = found
+                .strip_prefix(EXPORT_UNVERSIONED)
+                .and_then(|v| v.strip_prefix('@'))
+                .unwrap_or("(unversioned)");
+            format!(
+                "guest {name} was built against version {version} of the tracekeeper guest \
+                 contract (it exports `{found}`), but this tracekeeper implements version \
+                 {CONTRACT_PACKAGE} and needs the export `{EXPORT_NAME}`: rebuild the guest \
+                 against this tracekeeper's wit/tracekeeper.wit, or run a tracekeeper that \
+                 implements {version}"
+            )
+        }
+        None => format!(
+            "guest {name} does not implement the tracekeeper guest contract: it must export \
+             `{EXPORT_NAME}` (found exports: {exports:?}); build it for the world \
+             `sampler-guest` of wit/tracekeeper.wit"
+        ),
+    }
+}
+
 impl GuestModule {
-    /// Compiles a guest component (from `path`, or the embedded default).
+    /// Compiles a guest component (from `path`, or the embedded default) and links it against
+    /// WASI, checking that it implements this contract version.
     pub fn load(path: Option<&Path>, limits: GuestLimits) -> anyhow::Result<Self> {
         let (bytes, name): (std::borrow::Cow<'_, [u8]>, Arc<str>) = match path {
             Some(p) => (
@@ -161,37 +391,38 @@ impl GuestModule {
             ),
             None => (DEFAULT_GUEST.into(), "default".into()),
         };
-        let engine = engine()?;
-        let component = Component::from_binary(&engine, &bytes)
+        Self::from_bytes(&bytes, name, limits)
+    }
+
+    /// Compiles a guest component from its bytes; `name` identifies it in logs.
+    pub fn from_bytes(bytes: &[u8], name: Arc<str>, limits: GuestLimits) -> anyhow::Result<Self> {
+        let engine = engine(&limits)?;
+        let component = Component::from_binary(&engine, bytes)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("compiling guest {name}"))?;
-        let has_export = component
+        let exports: Vec<String> = component
             .component_type()
             .exports(&engine)
-            .any(|(n, _)| n == EXPORT_NAME);
-        if !has_export {
-            let found: Vec<String> = component
-                .component_type()
-                .exports(&engine)
-                .map(|(n, _)| n.to_string())
-                .collect();
-            bail!(
-                "guest {name} does not implement the tracekeeper contract: it must export \
-                 `{EXPORT_NAME}` (found exports: {found:?}); rebuild it against wit/tracekeeper.wit"
-            );
+            .map(|(n, _)| n.to_string())
+            .collect();
+        if !exports.iter().any(|n| n == EXPORT_NAME) {
+            anyhow::bail!(missing_export_message(&name, &exports));
         }
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(anyhow::Error::from)?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("linking guest {name}"))?;
+            .with_context(|| {
+                format!("linking guest {name} (a guest may import nothing but WASI 0.2)")
+            })?;
         let pre = SamplerGuestPre::new(pre).map_err(anyhow::Error::from)?;
         Ok(GuestModule {
             engine,
             pre,
             limits,
             name,
+            output_gate: Arc::new(Mutex::new(OutputGate::new())),
         })
     }
 
@@ -200,39 +431,71 @@ impl GuestModule {
         &self.name
     }
 
-    /// Creates a fresh sandboxed instance and configures it with `config_json`.
-    pub fn instantiate(&self, config_json: &str) -> anyhow::Result<(GuestInstance, Interest)> {
+    /// The limits instances run under.
+    pub fn limits(&self) -> &GuestLimits {
+        &self.limits
+    }
+
+    /// The WASI context of one instance: nothing granted, output to the host log.
+    fn wasi(&self) -> WasiCtx {
+        let out = |stream| GuestOutput::new(Arc::clone(&self.name), stream, &self.output_gate);
+        let mut b = WasiCtxBuilder::new();
+        // No preopens, no env, no args: the builder grants none unless asked. Sockets are
+        // refused explicitly rather than relying on defaults.
+        b.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .stdout(out("stdout"))
+            .stderr(out("stderr"));
+        b.build()
+    }
+
+    /// Creates a fresh sandboxed instance (from the precompiled, pre-linked component) and
+    /// configures it with `config_json`.
+    pub fn instantiate(&self, config_json: &str) -> Result<(GuestInstance, Interest), GuestError> {
+        let mut limits = StoreLimitsBuilder::new()
+            .instances(MAX_INSTANCES_PER_STORE)
+            .tables(MAX_INSTANCES_PER_STORE)
+            .memories(MAX_INSTANCES_PER_STORE);
+        if let Some(bytes) = self.limits.memory_limit_bytes {
+            limits = limits.memory_size(bytes);
+        }
         let state = State {
-            // No preopens, no env, no args, no network: WasiCtxBuilder grants nothing by default.
-            wasi: WasiCtxBuilder::new().build(),
+            wasi: self.wasi(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_limit_bytes)
-                .instances(4)
-                .build(),
+            limiter: Limiter {
+                limits: limits.build(),
+                memory_denied: false,
+            },
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.deadline_ticks());
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("instantiating guest {}", self.name))?;
+        store.limiter(|s| &mut s.limiter);
+        let deadline_ticks = self.deadline_ticks();
+        if let Some(ticks) = deadline_ticks {
+            store.epoch_deadline_trap();
+            store.set_epoch_deadline(ticks);
+        }
+        let bindings = match self.pre.instantiate(&mut store) {
+            Ok(b) => b,
+            Err(e) => {
+                let denied = store.data().limiter.memory_denied;
+                return Err(GuestError::from_wasmtime("instantiate", e, denied));
+            }
+        };
         let mut inst = GuestInstance {
             store,
             bindings,
-            deadline_ticks: self.deadline_ticks(),
+            deadline_ticks,
         };
-        let interest = inst
-            .configure(config_json)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let interest = inst.configure(config_json)?;
         Ok((inst, interest))
     }
 
-    fn deadline_ticks(&self) -> u64 {
-        (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    fn deadline_ticks(&self) -> Option<u64> {
+        self.limits
+            .call_timeout
+            .map(|t| (t.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64)
     }
 }
 
@@ -240,7 +503,7 @@ impl GuestModule {
 pub struct GuestInstance {
     store: Store<State>,
     bindings: SamplerGuest,
-    deadline_ticks: u64,
+    deadline_ticks: Option<u64>,
 }
 
 impl std::fmt::Debug for GuestInstance {
@@ -252,18 +515,29 @@ impl std::fmt::Debug for GuestInstance {
 type CallResult = wasmtime::Result<Result<Vec<u8>, String>>;
 
 impl GuestInstance {
-    fn finish(call: &'static str, r: CallResult) -> Result<Vec<u8>, GuestError> {
+    /// Arms the deadline and clears the memory record before a call.
+    fn arm(&mut self) {
+        if let Some(ticks) = self.deadline_ticks {
+            self.store.set_epoch_deadline(ticks);
+        }
+        self.store.data_mut().limiter.memory_denied = false;
+    }
+
+    fn finish(&self, call: &'static str, r: CallResult) -> Result<Vec<u8>, GuestError> {
+        let denied = self.store.data().limiter.memory_denied;
         match r {
             Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(message)) => Err(GuestError::Returned { call, message }),
-            Err(source) => Err(GuestError::Trap { call, source }),
+            Ok(Err(message)) => Err(GuestError::returned(call, message, denied)),
+            Err(source) => Err(GuestError::from_wasmtime(call, source, denied)),
         }
     }
 
     fn configure(&mut self, config_json: &str) -> Result<Interest, GuestError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.arm();
         let sampler = self.bindings.tracekeeper_sampler_sampler();
-        match sampler.call_configure(&mut self.store, config_json) {
+        let r = sampler.call_configure(&mut self.store, config_json);
+        let denied = self.store.data().limiter.memory_denied;
+        match r {
             Ok(Ok(i)) => Ok(Interest::new(
                 &i.span_attributes,
                 &i.resource_attributes,
@@ -272,42 +546,307 @@ impl GuestInstance {
                 i.links,
                 i.events,
             )),
-            Ok(Err(message)) => Err(GuestError::Returned {
-                call: "configure",
-                message,
-            }),
-            Err(source) => Err(GuestError::Trap {
-                call: "configure",
-                source,
-            }),
+            Ok(Err(message)) => Err(GuestError::returned("configure", message, denied)),
+            Err(source) => Err(GuestError::from_wasmtime("configure", source, denied)),
         }
     }
 
     /// Sends a span-view batch; returns a decision batch.
     pub fn ingest(&mut self, batch: &[u8], now: u64) -> Result<Vec<u8>, GuestError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.arm();
         let s = self.bindings.tracekeeper_sampler_sampler();
-        Self::finish("ingest", s.call_ingest(&mut self.store, batch, now))
+        let r = s.call_ingest(&mut self.store, batch, now);
+        self.finish("ingest", r)
     }
 
     /// Advances the clock; returns a decision batch.
     pub fn tick(&mut self, now: u64) -> Result<Vec<u8>, GuestError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.arm();
         let s = self.bindings.tracekeeper_sampler_sampler();
-        Self::finish("tick", s.call_tick(&mut self.store, now))
+        let r = s.call_tick(&mut self.store, now);
+        self.finish("tick", r)
     }
 
     /// Forces decisions for these traces (16-byte ids, concatenated).
     pub fn decide_now(&mut self, ids: &[u8], now: u64) -> Result<Vec<u8>, GuestError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.arm();
         let s = self.bindings.tracekeeper_sampler_sampler();
-        Self::finish("decide-now", s.call_decide_now(&mut self.store, ids, now))
+        let r = s.call_decide_now(&mut self.store, ids, now);
+        self.finish("decide-now", r)
     }
 
     /// Decides everything pending.
     pub fn flush(&mut self, now: u64) -> Result<Vec<u8>, GuestError> {
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.arm();
         let s = self.bindings.tracekeeper_sampler_sampler();
-        Self::finish("flush", s.call_flush(&mut self.store, now))
+        let r = s.call_flush(&mut self.store, now);
+        self.finish("flush", r)
+    }
+}
+
+/// The rate limit on guest output lines, shared by every instance of a guest (a guest that
+/// faults and is re-created keeps its budget). A token bucket of lines.
+#[derive(Debug)]
+struct OutputGate {
+    tokens: f64,
+    last: Instant,
+    suppressed: u64,
+}
+
+impl OutputGate {
+    fn new() -> Self {
+        OutputGate {
+            tokens: GUEST_OUTPUT_BURST_LINES,
+            last: Instant::now(),
+            suppressed: 0,
+        }
+    }
+
+    /// Takes a token for one line. `Some(n)`: log it, after saying that `n` lines were
+    /// suppressed since the last logged one; `None`: suppress it.
+    fn admit(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * GUEST_OUTPUT_LINES_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(GUEST_OUTPUT_BURST_LINES);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The line being assembled on one output stream of one instance.
+#[derive(Debug)]
+struct LineBuffer {
+    guest: Arc<str>,
+    stream: &'static str,
+    gate: Arc<Mutex<OutputGate>>,
+    line: Vec<u8>,
+    /// The current line passed [`GUEST_OUTPUT_MAX_LINE`]; its rest is dropped.
+    cut: bool,
+}
+
+impl LineBuffer {
+    fn write(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let (part, rest, end) = match bytes.iter().position(|&b| b == b'\n') {
+                Some(i) => (&bytes[..i], &bytes[i + 1..], true),
+                None => (bytes, &[][..], false),
+            };
+            let room = GUEST_OUTPUT_MAX_LINE.saturating_sub(self.line.len());
+            if part.len() > room {
+                self.cut = true;
+            }
+            self.line.extend_from_slice(&part[..part.len().min(room)]);
+            if end {
+                self.emit();
+            }
+            bytes = rest;
+        }
+    }
+
+    fn emit(&mut self) {
+        let admitted = lock(&self.gate).admit();
+        if let Some(suppressed) = admitted {
+            if suppressed > 0 {
+                tracing::warn!(
+                    target: "tracekeeper::guest_output",
+                    guest = %self.guest,
+                    suppressed,
+                    "guest output over the rate limit; lines were dropped"
+                );
+            }
+            let text = String::from_utf8_lossy(&self.line);
+            let text = text.trim_end_matches('\r');
+            let cut = if self.cut { " [line cut]" } else { "" };
+            tracing::info!(
+                target: "tracekeeper::guest_output",
+                guest = %self.guest,
+                stream = self.stream,
+                "{text}{cut}"
+            );
+        }
+        self.line.clear();
+        self.cut = false;
+    }
+}
+
+impl Drop for LineBuffer {
+    fn drop(&mut self) {
+        if !self.line.is_empty() {
+            self.emit();
+        }
+    }
+}
+
+/// A guest's stdout or stderr: complete lines go to the host log (`tracing`, target
+/// `tracekeeper::guest_output`, with the guest's name and the stream), rate limited per guest.
+/// Writing never blocks and never fails, so a printing guest cannot stall the worker.
+#[derive(Debug, Clone)]
+pub struct GuestOutput {
+    buffer: Arc<Mutex<LineBuffer>>,
+}
+
+impl GuestOutput {
+    fn new(guest: Arc<str>, stream: &'static str, gate: &Arc<Mutex<OutputGate>>) -> Self {
+        GuestOutput {
+            buffer: Arc::new(Mutex::new(LineBuffer {
+                guest,
+                stream,
+                gate: Arc::clone(gate),
+                line: Vec::new(),
+                cut: false,
+            })),
+        }
+    }
+
+    fn write_bytes(&self, bytes: &[u8]) {
+        lock(&self.buffer).write(bytes);
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.write_bytes(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(GUEST_OUTPUT_WRITE_PERMIT)
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.write_bytes(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_contract_versions_are_named() {
+        let m =
+            missing_export_message("g.wasm", &["tracekeeper:sampler/sampler@2.0.0".to_string()]);
+        assert!(m.contains("version 2.0.0"), "{m}");
+        assert!(m.contains(EXPORT_NAME), "{m}");
+        let m = missing_export_message("g.wasm", &["wasi:cli/run@0.2.0".to_string()]);
+        assert!(m.contains("does not implement"), "{m}");
+        assert!(m.contains("wasi:cli/run@0.2.0"), "{m}");
+        // A name that merely starts like ours is not another version of it.
+        let m = missing_export_message(
+            "g.wasm",
+            &["tracekeeper:sampler/sampler-extra@1.0.0".to_string()],
+        );
+        assert!(m.contains("does not implement"), "{m}");
+    }
+
+    #[test]
+    fn output_gate_admits_a_burst_then_counts_what_it_drops() {
+        let mut gate = OutputGate::new();
+        // Freeze the refill by pinning `last` in the future relative to the calls' view.
+        let burst = GUEST_OUTPUT_BURST_LINES as usize;
+        let mut admitted = 0;
+        for _ in 0..burst * 3 {
+            gate.last = Instant::now();
+            if gate.admit().is_some() {
+                admitted += 1;
+            }
+        }
+        // Refill during the loop is at most a few lines at 20/s.
+        assert!(admitted >= burst, "admitted {admitted}");
+        assert!(admitted < burst * 2, "admitted {admitted}");
+        assert!(gate.suppressed > 0);
+        gate.tokens = 1.0;
+        assert_eq!(gate.admit(), Some((burst * 3 - admitted) as u64));
+    }
+
+    #[test]
+    fn lines_are_split_and_cut() {
+        let gate = Arc::new(Mutex::new(OutputGate::new()));
+        let out = GuestOutput::new("t".into(), "stdout", &gate);
+        out.write_bytes(b"one\ntw");
+        out.write_bytes(b"o\n");
+        let long = vec![b'x'; GUEST_OUTPUT_MAX_LINE * 2];
+        out.write_bytes(&long);
+        {
+            let b = lock(&out.buffer);
+            assert_eq!(b.line.len(), GUEST_OUTPUT_MAX_LINE);
+            assert!(b.cut);
+        }
+        out.write_bytes(b"\n");
+        let b = lock(&out.buffer);
+        assert!(b.line.is_empty());
+        assert!(!b.cut);
+        // Three lines went through the gate.
+        let tokens = lock(&gate).tokens;
+        assert!(tokens <= GUEST_OUTPUT_BURST_LINES - 3.0 + 1.0, "{tokens}");
+    }
+
+    #[test]
+    fn limits_from_section_apply_defaults() {
+        let l = GuestLimits::from_section(&GuestSection::default());
+        assert_eq!(l.memory_limit_bytes, Some(DEFAULT_MEMORY_LIMIT_MIB << 20));
+        assert_eq!(l.call_timeout, Some(DEFAULT_CALL_TIMEOUT));
+        assert_eq!(l.max_wasm_stack_bytes, DEFAULT_STACK_LIMIT_KIB << 10);
+        let s = GuestSection {
+            memory_limit_mib: Some(16),
+            call_timeout: Some(Duration::from_millis(200)),
+            stack_limit_kib: Some(256),
+            ..GuestSection::default()
+        };
+        let l = GuestLimits::from_section(&s);
+        assert_eq!(l.memory_limit_bytes, Some(16 << 20));
+        assert_eq!(l.call_timeout, Some(Duration::from_millis(200)));
+        assert_eq!(l.max_wasm_stack_bytes, 256 << 10);
     }
 }

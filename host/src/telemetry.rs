@@ -113,6 +113,8 @@ pub struct Metrics {
     pub oldest_unconsumed_age: Family<QueueLabels, FloatGauge>,
     /// The latest completeness gauges reported by the guest.
     pub completeness: CompletenessMetrics,
+    /// `tracekeeper_guest_degraded` (1 while the guest keeps failing and every trace is kept)
+    pub guest_degraded: Gauge,
 }
 
 impl Default for Metrics {
@@ -142,6 +144,7 @@ impl Metrics {
             late_completions: Family::default(),
             oldest_unconsumed_age: Family::default(),
             completeness: CompletenessMetrics::default(),
+            guest_degraded: Gauge::default(),
         };
         registry.register(
             "spans_received",
@@ -182,6 +185,11 @@ impl Metrics {
             "guest_faults",
             "Guest failures, by kind",
             m.guest_faults.clone(),
+        );
+        registry.register(
+            "guest_degraded",
+            "1 while the guest keeps failing: every trace is kept (fail open) and the guest is re-tried with backoff",
+            m.guest_degraded.clone(),
         );
         registry.register(
             "traces",
@@ -256,6 +264,8 @@ impl Metrics {
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
+    /// Why the guest is degraded, while it is (set by the worker).
+    degraded: std::sync::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -266,6 +276,20 @@ impl Health {
     /// Current readiness.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+    /// Marks the guest degraded (with the reason health reports) or recovered (`None`).
+    pub fn set_degraded(&self, reason: Option<String>) {
+        *self
+            .degraded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = reason;
+    }
+    /// Why the guest is degraded, if it is.
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
@@ -283,12 +307,18 @@ pub async fn serve(
         get(move || {
             let h = Arc::clone(&health);
             async move {
-                if h.is_ready() {
-                    (StatusCode::OK, "{\"status\":\"Server available\"}")
-                } else {
+                if !h.is_ready() {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "{\"status\":\"Server not available\"}",
+                        "{\"status\":\"Server not available\"}".to_string(),
+                    )
+                } else if let Some(reason) = h.degraded() {
+                    let body = serde_json::json!({"status": "Server degraded", "reason": reason});
+                    (StatusCode::SERVICE_UNAVAILABLE, body.to_string())
+                } else {
+                    (
+                        StatusCode::OK,
+                        "{\"status\":\"Server available\"}".to_string(),
                     )
                 }
             }

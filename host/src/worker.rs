@@ -1,27 +1,64 @@
 //! The worker: owns the trace buffer and the guest instance, feeds span views to the guest,
-//! applies its decisions, and hands kept spans to the exporter.
+//! applies its decisions, hands kept spans to the exporter, and recovers from guest faults.
 //!
 //! It runs on its own thread, outside any async runtime (guest calls are synchronous wasm
-//! execution), and receives batches from the receivers over a bounded channel
-//! ([`INGEST_QUEUE_LEN`]); when the channel is full, receivers wait. A guest failure never loses spans: every buffered trace is exported with
-//! `tracekeeper.fail_open=true` and a fresh instance replaces the failed one.
+//! execution, and wasmtime-wasi's synchronous bindings would block inside a runtime), and
+//! receives batches from the receivers over a bounded channel ([`INGEST_QUEUE_LEN`]); when the
+//! channel is full, receivers wait.
+//!
+//! # Fail open
+//!
+//! A guest fault never loses spans. When a call traps, runs past its deadline, fails for lack of
+//! memory or answers something that breaks the contract, the worker keeps the traces the call
+//! was about, tagged `tracekeeper.fail_open=true`, and only those:
+//!
+//! - `ingest`: the traces with spans in the batch;
+//! - `tick`: the traces that were due. The host cannot see the guest's due times, so it keeps its
+//!   own first-seen time per trace and counts as due every trace first seen at least the shortest
+//!   configured wait ago (`decision_wait`, or `decision_wait_after_root_received` when shorter,
+//!   of `processors.tail_sampling`; every pending trace when that section is absent, as the
+//!   waits of a foreign guest are unknown), and at least the oldest pending trace, so that a
+//!   fault that repeats makes progress;
+//! - `decide-now`: the traces it listed; `flush`: every pending trace;
+//! - a well-formed answer that breaks the contract: the traces it decides twice, and, when it
+//!   decides a trace that is not pending (unknown, or already decided), the traces the call was
+//!   about; its other decisions are applied.
+//!
+//! Then the instance is discarded and a fresh one is created from the precompiled component and
+//! configured, and the still-pending traces are **replayed** into it from the host's copy of
+//! their spans: in first-seen order, in batches of at most [`REPLAY_MAX_SPANS`] spans whose
+//! first-seen times lie within [`REPLAY_MAX_SPREAD`], each passed with `now` = the newest
+//! first-seen time of the batch (so the new instance computes nearly the same due times as the
+//! old one), followed by a `tick` at the current time. A fault during replay keeps that replay
+//! batch's traces and starts over with another instance.
+//!
+//! After `guest.max_consecutive_faults` faults in a row (replay calls do not count as successes)
+//! the worker is **degraded**: it keeps every trace as it arrives, reports the reason on the
+//! health endpoint (503) and in `tracekeeper_guest_degraded`, and re-tries the guest after
+//! `guest.retry_initial_interval`, doubling the wait up to `guest.retry_max_interval` after each
+//! failed re-try. A re-try creates an instance and calls `tick`; if that works the worker leaves
+//! the degraded state on probation, and one more fault before a successful `ingest` makes it
+//! degraded again with a doubled wait.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use hashbrown::HashSet;
 use tokio::sync::mpsc;
-use tracekeeper_abi::{Decision, DecisionReader, LayoutError, TraceId};
+use tracekeeper_abi::{Decision, DecisionReader, TraceId};
 
 use crate::buffer::{Cached, DecisionCache, TraceBuffer};
+use crate::config::GuestSection;
 use crate::export::ExportRequest;
 use crate::export::builder::ExportBuilder;
-use crate::guest::{GuestError, GuestInstance, GuestModule};
+use crate::guest::{FaultCause, GuestError, GuestInstance, GuestModule};
 use crate::otlp::request::{Group, span_info};
 use crate::otlp::view::{Interest, ViewBuilder};
 use crate::tags::TraceTags;
-use crate::telemetry::{DecisionLabels, KindLabel, Metrics};
+use crate::telemetry::{DecisionLabels, Health, KindLabel, Metrics};
 
 /// Batches waiting for the worker.
 pub const INGEST_QUEUE_LEN: usize = 256;
@@ -35,6 +72,22 @@ pub const DEFAULT_NUM_TRACES: usize = 50_000;
 pub const DEFAULT_SAMPLED_CACHE: usize = 100_000;
 /// See [`DEFAULT_SAMPLED_CACHE`].
 pub const DEFAULT_NON_SAMPLED_CACHE: usize = 100_000;
+/// Most spans in one replay batch.
+pub const REPLAY_MAX_SPANS: usize = 1024;
+/// Widest spread of first-seen times in one replay batch (the most a replayed trace's decision
+/// can move later).
+pub const REPLAY_MAX_SPREAD: Duration = TICK_INTERVAL;
+/// Default `guest.max_consecutive_faults`.
+pub const DEFAULT_MAX_CONSECUTIVE_FAULTS: u32 = 5;
+/// Default `guest.retry_initial_interval`.
+pub const DEFAULT_RETRY_INITIAL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `guest.retry_max_interval`.
+pub const DEFAULT_RETRY_MAX_INTERVAL: Duration = Duration::from_secs(60);
+/// Native stack of the worker thread beyond the guest's wasm stack limit: host functions the
+/// guest calls, and the host's own frames, run on the same stack.
+pub const WORKER_STACK_MARGIN: usize = 1 << 20;
+/// Smallest native stack of the worker thread (Rust's default for spawned threads).
+pub const MIN_WORKER_STACK: usize = 2 << 20;
 
 /// One span of a batch: its trace, its group (index into [`IngestBatch::groups`]) and bytes.
 #[derive(Debug)]
@@ -69,6 +122,48 @@ pub struct IngestBatch {
     pub groups: Vec<Arc<Group>>,
 }
 
+/// What the worker does when the guest keeps failing.
+#[derive(Debug, Clone, Copy)]
+pub struct FaultPolicy {
+    /// Faults in a row after which the worker is degraded.
+    pub max_consecutive_faults: u32,
+    /// First wait before re-trying the guest when degraded.
+    pub retry_initial_interval: Duration,
+    /// Longest wait between re-tries.
+    pub retry_max_interval: Duration,
+}
+
+impl Default for FaultPolicy {
+    fn default() -> Self {
+        FaultPolicy {
+            max_consecutive_faults: DEFAULT_MAX_CONSECUTIVE_FAULTS,
+            retry_initial_interval: DEFAULT_RETRY_INITIAL_INTERVAL,
+            retry_max_interval: DEFAULT_RETRY_MAX_INTERVAL,
+        }
+    }
+}
+
+impl FaultPolicy {
+    /// The policy of a `guest:` configuration section (defaults for absent keys).
+    pub fn from_section(section: &GuestSection) -> Self {
+        let d = FaultPolicy::default();
+        let initial = section
+            .retry_initial_interval
+            .unwrap_or(d.retry_initial_interval);
+        FaultPolicy {
+            max_consecutive_faults: section
+                .max_consecutive_faults
+                .unwrap_or(d.max_consecutive_faults)
+                .max(1),
+            retry_initial_interval: initial,
+            retry_max_interval: section
+                .retry_max_interval
+                .unwrap_or(d.retry_max_interval)
+                .max(initial),
+        }
+    }
+}
+
 /// Settings of the worker.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -82,6 +177,80 @@ pub struct WorkerSettings {
     pub non_sampled_cache: usize,
     /// Drop instead of deciding pending traces on shutdown.
     pub drop_pending_on_shutdown: bool,
+    /// What to do when the guest keeps failing.
+    pub faults: FaultPolicy,
+}
+
+/// The shortest wait from a trace's first span to its decision that the configuration allows,
+/// for telling which traces a failed `tick` was about: `decision_wait`, or
+/// `decision_wait_after_root_received` when shorter, of `processors.tail_sampling` (the
+/// collector's default when absent). Zero (every pending trace counts as due) when the section
+/// is absent or unreadable: a foreign guest's waits are unknown.
+pub fn shortest_decision_wait(guest_config: &str) -> Duration {
+    let Ok(config) = serde_json::from_str::<serde_json::Value>(guest_config) else {
+        return Duration::ZERO;
+    };
+    let Some(ts) = config.get("tail_sampling") else {
+        return Duration::ZERO;
+    };
+    let wait = |key: &str| {
+        ts.get(key)
+            .and_then(serde_json::Value::as_str)
+            .and_then(|s| tracekeeper_guest::config::duration::parse(s).ok())
+    };
+    let decision_wait = match ts.get("decision_wait") {
+        None => tracekeeper_guest::config::tail_sampling::DEFAULT_DECISION_WAIT,
+        Some(_) => match wait("decision_wait") {
+            Some(d) => d,
+            None => return Duration::ZERO,
+        },
+    };
+    match wait("decision_wait_after_root_received") {
+        Some(root) => decision_wait.min(root),
+        None => decision_wait,
+    }
+}
+
+/// Fault bookkeeping.
+#[derive(Debug, Default)]
+struct FaultState {
+    /// Faults since the last successful call (replay calls do not reset it).
+    consecutive: u32,
+    /// Keeping every trace; the guest is re-tried at `retry_at`.
+    degraded: bool,
+    /// Left the degraded state, but no `ingest` has succeeded since.
+    probation: bool,
+    /// When to re-try the guest (Unix ns), while degraded.
+    retry_at: u64,
+    /// The current wait between re-tries.
+    backoff: Duration,
+    /// The last fault, for logs and health.
+    last: String,
+    /// Inside recovery (replay calls): successes do not reset `consecutive`.
+    recovering: bool,
+    /// The instance was discarded and must be re-created and replayed into.
+    needs_recovery: bool,
+}
+
+/// What a fault in a guest call affects.
+enum Affected<'a> {
+    /// The traces of this batch, except the spans at these indices (late spans, not sent).
+    Batch(&'a IngestBatch, &'a [usize]),
+    /// These traces.
+    Traces(&'a [TraceId]),
+    /// The traces due at this time (see the module docs).
+    DueAt(u64),
+    /// Every pending trace.
+    All,
+}
+
+/// Contract violations in a well-formed answer.
+#[derive(Debug, Default)]
+struct Violations {
+    /// Traces decided more than once.
+    twice: Vec<TraceId>,
+    /// Records for traces that are not pending.
+    unknown: usize,
 }
 
 /// The worker state.
@@ -91,14 +260,22 @@ pub struct Worker {
     instance: Option<GuestInstance>,
     interest: Arc<RwLock<Arc<Interest>>>,
     buffer: TraceBuffer,
+    /// (trace, first-seen Unix ns) in arrival order; entries of decided traces are skipped and
+    /// compacted away.
+    arrivals: VecDeque<(TraceId, u64)>,
     cache: DecisionCache,
     builder: ExportBuilder,
     builder_bytes: usize,
     export: mpsc::Sender<ExportRequest>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// See [`shortest_decision_wait`].
+    due_age: Duration,
+    faults: FaultState,
+    stopping: bool,
     /// Host time (Unix ns) of the next due trace, 0 when none.
     next_due: u64,
-    /// `next_due`, shared with the clock task.
+    /// When the worker wants a tick (next due trace, or the next re-try), for the clock task.
     due: Arc<AtomicU64>,
 }
 
@@ -106,6 +283,7 @@ impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
             .field("traces", &self.buffer.len())
+            .field("degraded", &self.faults.degraded)
             .finish()
     }
 }
@@ -118,33 +296,70 @@ pub fn now_unix_nanos() -> u64 {
         .unwrap_or(0)
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl Worker {
-    /// The next due time (Unix ns, 0 = none), for the clock task.
+    /// The next time the worker wants a tick (Unix ns, 0 = none), for the clock task.
     pub fn due(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.due)
     }
 
+    /// The native stack the worker thread needs: the guest's wasm stack limit plus
+    /// [`WORKER_STACK_MARGIN`], at least [`MIN_WORKER_STACK`].
+    pub fn thread_stack_size(&self) -> usize {
+        self.module
+            .limits()
+            .max_wasm_stack_bytes
+            .saturating_add(WORKER_STACK_MARGIN)
+            .max(MIN_WORKER_STACK)
+    }
+
     /// Creates the worker with a configured guest instance. Returns it with the interest the
     /// receivers must use (shared, so a reload can swap it).
+    ///
+    /// The instance is created on a short-lived thread of its own, outside any async runtime,
+    /// like every later guest call (see [`Worker::run`]).
     pub fn new(
         module: GuestModule,
         settings: WorkerSettings,
         export: mpsc::Sender<ExportRequest>,
         metrics: Arc<Metrics>,
+        health: Arc<Health>,
     ) -> anyhow::Result<(Worker, Arc<RwLock<Arc<Interest>>>)> {
-        let (instance, interest) = module.instantiate(&settings.guest_config)?;
+        let stack = module
+            .limits()
+            .max_wasm_stack_bytes
+            .saturating_add(WORKER_STACK_MARGIN)
+            .max(MIN_WORKER_STACK);
+        let (instance, interest) = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("tracekeeper-configure".into())
+                .stack_size(stack)
+                .spawn_scoped(s, || module.instantiate(&settings.guest_config))
+                .map_err(|e| anyhow::anyhow!("starting a thread to configure the guest: {e}"))?
+                .join()
+                .map_err(|_| anyhow::anyhow!("configuring the guest panicked"))?
+                .map_err(anyhow::Error::from)
+        })?;
         let interest = Arc::new(RwLock::new(Arc::new(interest)));
         let w = Worker {
-            module,
             cache: DecisionCache::new(settings.sampled_cache, settings.non_sampled_cache),
+            due_age: shortest_decision_wait(&settings.guest_config),
+            module,
             settings,
             instance: Some(instance),
             interest: Arc::clone(&interest),
             buffer: TraceBuffer::new(),
+            arrivals: VecDeque::new(),
             builder: ExportBuilder::new(),
             builder_bytes: 0,
             export,
             metrics,
+            health,
+            faults: FaultState::default(),
+            stopping: false,
             next_due: 0,
             due: Arc::new(AtomicU64::new(0)),
         };
@@ -154,9 +369,10 @@ impl Worker {
     /// Runs until [`WorkerMsg::Shutdown`] (or until every sender is gone), then decides (or
     /// drops) what is pending and hands the last requests to the exporter.
     ///
-    /// This must run on a thread outside any tokio runtime: wasmtime's WASI output streams
-    /// (a guest writing to stdout, or a Rust guest panicking) block on a runtime of their own,
-    /// which tokio forbids inside another runtime's context.
+    /// This must run on a thread outside any tokio runtime: wasmtime-wasi's synchronous
+    /// bindings (a guest writing to stdout, opening a socket...) block on a runtime of their
+    /// own, which tokio forbids inside another runtime's context. Give the thread
+    /// [`Worker::thread_stack_size`] of stack.
     pub fn run(mut self, mut rx: mpsc::Receiver<WorkerMsg>) {
         while let Some(msg) = rx.blocking_recv() {
             match msg {
@@ -164,17 +380,36 @@ impl Worker {
                 WorkerMsg::Tick => {}
                 WorkerMsg::Shutdown => break,
             }
-            if self.next_due != 0 && now_unix_nanos() >= self.next_due {
-                self.tick();
+            let wake = self.wake_at();
+            if wake != 0 && now_unix_nanos() >= wake {
+                self.on_due();
             }
             self.publish_state();
         }
         self.shutdown();
     }
 
+    /// When the worker wants to run next: the guest's next due time, or the next re-try.
+    fn wake_at(&self) -> u64 {
+        if self.faults.degraded {
+            self.faults.retry_at
+        } else {
+            self.next_due
+        }
+    }
+
     fn publish_state(&self) {
         self.metrics.traces_in_memory.set(self.buffer.len() as i64);
-        self.due.store(self.next_due, Ordering::Relaxed);
+        self.due.store(self.wake_at(), Ordering::Relaxed);
+    }
+
+    fn on_due(&mut self) {
+        if self.faults.degraded {
+            self.retry();
+        } else {
+            self.tick();
+        }
+        self.flush_export();
     }
 
     fn ingest(&mut self, batch: IngestBatch) {
@@ -199,21 +434,26 @@ impl Worker {
                 self.metrics.spans_late.inc();
                 continue;
             }
-            self.buffer.push(span.trace_id, group, &span.bytes);
+            if self.buffer.push(span.trace_id, group, &span.bytes) {
+                self.arrivals.push_back((span.trace_id, now));
+            }
         }
-        let answer = if late.is_empty() {
-            self.call(|g| g.ingest(&batch.view, now))
+        let affected = Affected::Batch(&batch, &late);
+        let ok = if late.is_empty() {
+            self.call("ingest", affected, |g| g.ingest(&batch.view, now))
         } else {
             // Late spans must not reach the guest (it would see a new, orphaned trace): rebuild
             // the views without them.
             let view = self.rebuild_view(&batch, &late);
-            if view.span_count() == 0 {
-                Ok(None)
-            } else {
-                self.call(|g| g.ingest(view.as_bytes(), now))
-            }
+            view.span_count() > 0
+                && self.call("ingest", affected, |g| g.ingest(view.as_bytes(), now))
         };
-        self.handle(answer);
+        if ok {
+            // An ingest went through: a guest that recovered from the degraded state is trusted
+            // again.
+            self.faults.probation = false;
+        }
+        self.recover();
         self.enforce_capacity(now);
         self.flush_export();
     }
@@ -244,8 +484,8 @@ impl Worker {
 
     fn tick(&mut self) {
         let now = now_unix_nanos();
-        let answer = self.call(|g| g.tick(now));
-        self.handle(answer);
+        self.call("tick", Affected::DueAt(now), |g| g.tick(now));
+        self.recover();
         self.flush_export();
     }
 
@@ -253,81 +493,163 @@ impl Worker {
     fn enforce_capacity(&mut self, now: u64) {
         let over = self.buffer.len().saturating_sub(self.settings.num_traces);
         if over == 0 {
-            self.buffer.compact();
+            self.compact();
             return;
         }
-        let ids: Vec<u8> = self.buffer.oldest(over).iter().flat_map(|t| t.0).collect();
+        let oldest = self.buffer.oldest(over);
+        let ids: Vec<u8> = oldest.iter().flat_map(|t| t.0).collect();
         tracing::warn!(
             traces = over,
             num_traces = self.settings.num_traces,
             "trace buffer full: deciding the oldest traces early"
         );
         self.metrics.traces_decided_early.inc_by(over as u64);
-        let answer = self.call(|g| g.decide_now(&ids, now));
-        self.handle(answer);
-        self.buffer.compact();
+        self.call("decide-now", Affected::Traces(&oldest), |g| {
+            g.decide_now(&ids, now)
+        });
+        self.recover();
+        self.compact();
     }
 
-    /// Calls the guest (re-creating the instance first if a previous call failed).
+    fn compact(&mut self) {
+        self.buffer.compact();
+        if self.arrivals.len() > 2 * self.buffer.len() + 1024 {
+            let buffer = &self.buffer;
+            self.arrivals.retain(|(id, _)| buffer.contains(id));
+        }
+    }
+
+    /// Makes one guest call and applies its answer; on a fault, keeps the affected traces and
+    /// marks the instance for re-creation ([`Worker::recover`]). Without an instance (degraded),
+    /// keeps the affected traces at once. Returns true when the answer was applied cleanly.
     fn call(
         &mut self,
+        name: &'static str,
+        affected: Affected<'_>,
         f: impl FnOnce(&mut GuestInstance) -> Result<Vec<u8>, GuestError>,
-    ) -> Result<Option<Vec<u8>>, GuestError> {
-        if self.instance.is_none() {
-            match self.module.instantiate(&self.settings.guest_config) {
-                Ok((inst, _)) => self.instance = Some(inst),
-                Err(e) => {
-                    tracing::error!(
-                        guest = self.module.name(),
-                        "re-creating the guest failed: {e:#}"
-                    );
-                    return Ok(None);
-                }
+    ) -> bool {
+        let Some(instance) = self.instance.as_mut() else {
+            let ids = self.resolve(&affected);
+            self.keep_fail_open(&ids);
+            return false;
+        };
+        match f(instance).and_then(|bytes| self.apply(name, &bytes)) {
+            Ok(v) if v.twice.is_empty() && v.unknown == 0 => {
+                self.succeeded();
+                true
             }
-        }
-        match self.instance.as_mut() {
-            Some(inst) => f(inst).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// Applies a guest answer, or fails open on an error.
-    fn handle(&mut self, answer: Result<Option<Vec<u8>>, GuestError>) {
-        match answer {
-            Ok(Some(bytes)) => {
-                if let Err(e) = self.apply(&bytes) {
-                    self.fail_open("bad_answer", &format!("malformed decision batch: {e}"));
+            Ok(v) => {
+                // A well-formed answer that breaks the contract: its other decisions stand and
+                // the instance, whose view of what is pending has drifted from the host's, is
+                // replaced. The traces it decided twice are kept; when it decided traces that
+                // are not pending, so are the traces the call was about (replaying them would
+                // most likely repeat the error).
+                let e = GuestError::bad_answer(
+                    name,
+                    FaultCause::Contract(format!(
+                        "{} trace(s) decided more than once and {} decision(s) for traces that \
+                         are not pending (unknown or already decided)",
+                        v.twice.len(),
+                        v.unknown
+                    )),
+                );
+                let mut ids = v.twice;
+                if v.unknown > 0 {
+                    ids.extend(self.resolve(&affected));
                 }
-            }
-            Ok(None) => {
-                // No usable instance: keep everything rather than hold it without a decider.
-                if !self.buffer.is_empty() {
-                    self.fail_open("trap", "no guest instance");
-                }
+                self.fault(e, &Affected::Traces(&ids));
+                false
             }
             Err(e) => {
-                let kind = e.kind();
-                self.fail_open(kind, &e.to_string());
+                self.fault(e, &affected);
+                false
             }
         }
     }
 
-    fn apply(&mut self, bytes: &[u8]) -> Result<(), LayoutError> {
+    fn succeeded(&mut self) {
+        if !self.faults.recovering {
+            self.faults.consecutive = 0;
+        }
+    }
+
+    /// The traces a failed call affects.
+    fn resolve(&self, affected: &Affected<'_>) -> Vec<TraceId> {
+        match affected {
+            Affected::Traces(ids) => ids.to_vec(),
+            Affected::Batch(batch, late) => {
+                let mut seen = HashSet::new();
+                batch
+                    .spans
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, s)| !late.contains(i) && seen.insert(s.trace_id))
+                    .map(|(_, s)| s.trace_id)
+                    .collect()
+            }
+            Affected::All => self.pending().into_iter().map(|(id, _)| id).collect(),
+            Affected::DueAt(now) => {
+                let cutoff = now.saturating_sub(nanos(self.due_age));
+                let mut seen = HashSet::new();
+                let mut due: Vec<TraceId> = self
+                    .arrivals
+                    .iter()
+                    .take_while(|(_, first)| *first <= cutoff)
+                    .filter(|(id, _)| self.buffer.contains(id) && seen.insert(*id))
+                    .map(|(id, _)| *id)
+                    .collect();
+                if due.is_empty()
+                    && let Some(oldest) = self
+                        .arrivals
+                        .iter()
+                        .find(|(id, _)| self.buffer.contains(id))
+                {
+                    due.push(oldest.0);
+                }
+                due
+            }
+        }
+    }
+
+    /// Pending traces with their first-seen times, oldest first (a trace id that came back
+    /// after its decision was forgotten counts from its latest arrival).
+    fn pending(&self) -> Vec<(TraceId, u64)> {
+        let mut seen = HashSet::with_capacity(self.buffer.len());
+        let mut out: Vec<(TraceId, u64)> = self
+            .arrivals
+            .iter()
+            .rev()
+            .filter(|(id, _)| self.buffer.contains(id) && seen.insert(*id))
+            .copied()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// Checks a whole decision batch, then applies it. A malformed batch applies nothing.
+    /// Returns the contract violations: traces decided more than once (not applied: the caller
+    /// keeps them fail-open) and records for traces that are not pending (ignored).
+    fn apply(&mut self, call: &'static str, bytes: &[u8]) -> Result<Violations, GuestError> {
         crate::completeness_metrics::record(&self.metrics, bytes);
-        let reader = DecisionReader::new(bytes)?;
+        crate::completeness_metrics::record(&self.metrics, bytes);
+        let malformed = |e| GuestError::bad_answer(call, FaultCause::Malformed(e));
+        let reader = DecisionReader::new(bytes).map_err(malformed)?;
+        let mut seen = HashSet::with_capacity(reader.len());
+        let mut twice = Vec::new();
+        for rec in reader.clone() {
+            let rec = rec.map_err(malformed)?;
+            if !seen.insert(rec.trace_id) && !twice.contains(&rec.trace_id) {
+                twice.push(rec.trace_id);
+            }
+        }
         self.next_due = reader.next_due();
-        for rec in reader {
-            let rec = rec?;
+        let mut unknown = 0usize;
+        for rec in reader.flatten() {
+            if twice.contains(&rec.trace_id) {
+                continue;
+            }
             let Some(entry) = self.buffer.remove(&rec.trace_id) else {
-                self.metrics
-                    .guest_faults
-                    .get_or_create(&KindLabel { kind: "bad_answer" })
-                    .inc();
-                tracing::warn!(
-                    guest = self.module.name(),
-                    trace_id = %rec.trace_id,
-                    "guest decided a trace that is not buffered; ignored"
-                );
+                unknown += 1;
                 continue;
             };
             self.metrics
@@ -356,27 +678,218 @@ impl Worker {
                 self.cache.insert(rec.trace_id, Cached::NotKept);
             }
         }
-        Ok(())
+        Ok(Violations { twice, unknown })
     }
 
-    /// Keeps every buffered trace, tagged `tracekeeper.fail_open=true`, and discards the
-    /// instance (the next call creates a fresh one).
-    fn fail_open(&mut self, kind: &'static str, why: &str) {
+    fn count_fault(&self, kind: crate::guest::FaultKind) {
         self.metrics
             .guest_faults
-            .get_or_create(&KindLabel { kind })
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
             .inc();
-        let traces = self.buffer.drain();
+    }
+
+    /// Counts and logs a fault, keeps the traces it affects, and discards the instance.
+    fn fault(&mut self, e: GuestError, affected: &Affected<'_>) {
+        self.count_fault(e.kind());
+        let ids = self.resolve(affected);
         tracing::error!(
             guest = self.module.name(),
-            kind,
-            traces = traces.len(),
-            "guest failed, keeping every pending trace (fail open): {why}"
+            call = e.call,
+            kind = e.kind().as_str(),
+            traces = ids.len(),
+            "guest fault; keeping the affected traces (fail open) and re-creating the instance: {}",
+            e.cause
         );
+        self.keep_fail_open(&ids);
         self.instance = None;
         self.next_due = 0;
+        self.faults.consecutive = self.faults.consecutive.saturating_add(1);
+        self.faults.last = e.to_string();
+        if self.faults.probation
+            || self.faults.consecutive >= self.settings.faults.max_consecutive_faults
+        {
+            self.degrade();
+        } else {
+            self.faults.needs_recovery = true;
+        }
+    }
+
+    /// Re-creates the instance after a fault and replays the pending traces into it, until that
+    /// works or the worker is degraded. Every pass either succeeds or counts a fault, so this
+    /// ends within `max_consecutive_faults` passes.
+    fn recover(&mut self) {
+        if self.stopping {
+            self.faults.needs_recovery = false;
+            return;
+        }
+        while self.faults.needs_recovery && !self.faults.degraded {
+            self.faults.needs_recovery = false;
+            self.faults.recovering = true;
+            if self.create_instance() {
+                self.replay();
+            }
+            self.faults.recovering = false;
+        }
+    }
+
+    /// Creates and configures a fresh instance; counts a fault when that fails.
+    fn create_instance(&mut self) -> bool {
+        match self.module.instantiate(&self.settings.guest_config) {
+            Ok((instance, _)) => {
+                self.instance = Some(instance);
+                true
+            }
+            Err(e) => {
+                self.fault(e, &Affected::Traces(&[]));
+                false
+            }
+        }
+    }
+
+    /// Replays every pending trace into the (fresh) instance, then ticks it to the current time.
+    /// Stops at the first fault (its batch's traces are kept; recovery starts over).
+    fn replay(&mut self) {
+        let pending = self.pending();
+        if !pending.is_empty() {
+            tracing::info!(
+                guest = self.module.name(),
+                traces = pending.len(),
+                "replaying pending traces into a new guest instance"
+            );
+        }
+        let interest = self.current_interest();
+        let mut view = ViewBuilder::new();
+        let mut chunk: Vec<TraceId> = Vec::new();
+        let mut chunk_first = 0u64;
+        let mut chunk_now = 0u64;
+        let spread = nanos(REPLAY_MAX_SPREAD);
+        for (id, first_seen) in pending {
+            if self.instance.is_none() {
+                return;
+            }
+            let Some(entry) = self.buffer.get(&id) else {
+                // Decided by an earlier replay answer.
+                continue;
+            };
+            if !chunk.is_empty()
+                && (view.span_count() + entry.len() > REPLAY_MAX_SPANS
+                    || first_seen.saturating_sub(chunk_first) > spread)
+            {
+                self.replay_chunk(&view, &chunk, chunk_now);
+                view.clear();
+                chunk.clear();
+                chunk_now = 0;
+                // The entry may have been decided by that answer.
+                if !self.buffer.contains(&id) {
+                    continue;
+                }
+            }
+            let Some(entry) = self.buffer.get(&id) else {
+                continue;
+            };
+            if chunk.is_empty() {
+                chunk_first = first_seen;
+            }
+            for (group, bytes) in entry.spans() {
+                if let Some(info) = span_info(bytes) {
+                    view.add(&interest, group, bytes, &info);
+                }
+            }
+            chunk.push(id);
+            chunk_now = chunk_now.max(first_seen);
+        }
+        if !chunk.is_empty() && self.instance.is_some() {
+            self.replay_chunk(&view, &chunk, chunk_now);
+        }
+        if self.instance.is_some() {
+            let now = now_unix_nanos();
+            self.call("tick", Affected::DueAt(now), |g| g.tick(now));
+        }
+    }
+
+    fn replay_chunk(&mut self, view: &ViewBuilder, chunk: &[TraceId], now: u64) {
+        if view.span_count() == 0 || self.instance.is_none() {
+            return;
+        }
+        self.call("ingest (replay)", Affected::Traces(chunk), |g| {
+            g.ingest(view.as_bytes(), now)
+        });
+    }
+
+    /// Stops asking the guest: keeps every pending trace and schedules a re-try.
+    fn degrade(&mut self) {
+        let now = now_unix_nanos();
+        let all = self.resolve(&Affected::All);
+        self.keep_fail_open(&all);
+        self.instance = None;
+        self.next_due = 0;
+        self.faults.needs_recovery = false;
+        let policy = self.settings.faults;
+        self.faults.backoff = if self.faults.degraded || self.faults.probation {
+            (self.faults.backoff * 2).min(policy.retry_max_interval)
+        } else {
+            policy.retry_initial_interval
+        };
+        self.faults.degraded = true;
+        self.faults.probation = false;
+        self.faults.retry_at = now.saturating_add(nanos(self.faults.backoff));
+        let reason = format!(
+            "guest {} failed {} time(s) in a row; keeping every trace (fail open) and re-trying \
+             in {:?}; last fault: {}",
+            self.module.name(),
+            self.faults.consecutive,
+            self.faults.backoff,
+            self.faults.last
+        );
+        tracing::error!(guest = self.module.name(), "guest degraded: {reason}");
+        self.metrics.guest_degraded.set(1);
+        self.health.set_degraded(Some(reason));
+    }
+
+    /// While degraded: tries a fresh instance and a `tick`; leaves the degraded state (on
+    /// probation) when both work, or waits twice as long.
+    fn retry(&mut self) {
+        tracing::info!(guest = self.module.name(), "re-trying the degraded guest");
+        self.faults.recovering = true;
+        let ok = match self.module.instantiate(&self.settings.guest_config) {
+            Ok((instance, _)) => {
+                self.instance = Some(instance);
+                let now = now_unix_nanos();
+                self.call("tick", Affected::DueAt(now), |g| g.tick(now))
+            }
+            Err(e) => {
+                self.fault(e, &Affected::Traces(&[]));
+                false
+            }
+        };
+        self.faults.recovering = false;
+        // On failure `fault` has made the worker degraded again, with a doubled wait.
+        if ok {
+            tracing::info!(
+                guest = self.module.name(),
+                "guest recovered; sending it traces again"
+            );
+            self.faults.degraded = false;
+            self.faults.probation = true;
+            self.faults.consecutive = 0;
+            self.faults.needs_recovery = false;
+            self.metrics.guest_degraded.set(0);
+            self.health.set_degraded(None);
+        }
+    }
+
+    /// Keeps these traces (if still pending), tagged `tracekeeper.fail_open=true`.
+    fn keep_fail_open(&mut self, ids: &[TraceId]) {
+        if ids.is_empty() {
+            return;
+        }
         let tags = Arc::new(TraceTags::fail_open());
-        for (id, entry) in traces {
+        for id in ids {
+            let Some(entry) = self.buffer.remove(id) else {
+                continue;
+            };
             self.metrics
                 .traces_decided
                 .get_or_create(&DecisionLabels {
@@ -387,7 +900,7 @@ impl Worker {
             for (group, span) in entry.spans() {
                 self.add_to_export(group, span, &tags, false);
             }
-            self.cache.insert(id, Cached::Kept(Arc::clone(&tags)));
+            self.cache.insert(*id, Cached::Kept(Arc::clone(&tags)));
         }
     }
 
@@ -416,6 +929,7 @@ impl Worker {
     }
 
     fn shutdown(&mut self) {
+        self.stopping = true;
         if self.settings.drop_pending_on_shutdown {
             let traces = self.buffer.drain();
             let spans: usize = traces.iter().map(|(_, e)| e.len()).sum();
@@ -430,14 +944,65 @@ impl Worker {
                 "shutdown: deciding pending traces"
             );
             let now = now_unix_nanos();
-            let answer = self.call(|g| g.flush(now));
-            self.handle(answer);
+            self.call("flush", Affected::All, |g| g.flush(now));
             if !self.buffer.is_empty() {
                 // The guest did not decide some traces: keep them rather than lose them.
-                self.fail_open("bad_answer", "flush left traces undecided");
+                let e = GuestError::bad_answer(
+                    "flush",
+                    FaultCause::Contract(format!(
+                        "flush left {} trace(s) undecided",
+                        self.buffer.len()
+                    )),
+                );
+                self.fault(e, &Affected::All);
             }
         }
         self.flush_export();
         self.metrics.traces_in_memory.set(0);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shortest_wait_comes_from_tail_sampling() {
+        assert_eq!(shortest_decision_wait("{}"), Duration::ZERO);
+        assert_eq!(shortest_decision_wait("not json"), Duration::ZERO);
+        assert_eq!(
+            shortest_decision_wait(r#"{"tail_sampling":{}}"#),
+            tracekeeper_guest::config::tail_sampling::DEFAULT_DECISION_WAIT
+        );
+        assert_eq!(
+            shortest_decision_wait(r#"{"tail_sampling":{"decision_wait":"5s"}}"#),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            shortest_decision_wait(
+                r#"{"tail_sampling":{"decision_wait":"5s","decision_wait_after_root_received":"500ms"}}"#
+            ),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            shortest_decision_wait(r#"{"tail_sampling":{"decision_wait":"soon"}}"#),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn fault_policy_defaults_and_bounds() {
+        let p = FaultPolicy::from_section(&GuestSection::default());
+        assert_eq!(p.max_consecutive_faults, DEFAULT_MAX_CONSECUTIVE_FAULTS);
+        assert_eq!(p.retry_initial_interval, DEFAULT_RETRY_INITIAL_INTERVAL);
+        assert_eq!(p.retry_max_interval, DEFAULT_RETRY_MAX_INTERVAL);
+        let p = FaultPolicy::from_section(&GuestSection {
+            max_consecutive_faults: Some(0),
+            retry_initial_interval: Some(Duration::from_secs(90)),
+            ..GuestSection::default()
+        });
+        assert_eq!(p.max_consecutive_faults, 1);
+        assert_eq!(p.retry_max_interval, Duration::from_secs(90));
     }
 }
