@@ -103,7 +103,7 @@ fn validate_rejects_an_unknown_key_under_tail_sampling_with_its_path() {
         config_with(|y| y.replace("status_code: {status_codes:", "status_code: {status_codez:"));
     assert_rejected(
         &yaml,
-        "processors.tail_sampling.policies[0].status_code.status_codez",
+        "processors.tail_sampling.policies[0] (name: errors): status_code.status_codez",
     );
 }
 
