@@ -1,0 +1,127 @@
+//! What the sandbox costs: re-creating a guest instance (what the host does after every guest
+//! fault, before replaying the pending traces) and the overhead of the limits on each call.
+//!
+//! All with the embedded default guest and the embedded default configuration (errors,
+//! incomplete, 10% baseline), each measured with the sandbox limits on (deadline by epoch
+//! interruption, memory cap through the store limiter; the defaults of `guest:`) and off
+//! (`GuestLimits::unlimited`: no epoch checks compiled in, no limiter):
+//! * `recreate/<limits>`: instantiate the precompiled, pre-linked component and `configure` it;
+//! * `tick/<limits>`: a `tick` with nothing due (the fixed cost of one call);
+//! * `ingest/<limits>`: one batch of 100 spans (10 traces of 10 spans) per call, the clock moved
+//!   past `decision_wait` each time so every call also decides the previous batch's traces;
+//!   reported per span.
+//!
+//! Run: `cargo bench -p tracekeeper --bench guest_call`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tracekeeper::config::{Config, DEFAULT_CONFIG};
+use tracekeeper::guest::{GuestLimits, GuestModule};
+use tracekeeper_abi::{BatchWriter, SpanFixed, SpanId, TraceId};
+
+const SEC: u64 = 1_000_000_000;
+const T0: u64 = 1_700_000_000 * SEC;
+/// Spans per trace in the ingest batch.
+const SPANS: u64 = 10;
+/// Traces per ingest batch (100 spans, as the DESIGN's reference requests).
+const TRACES: u64 = 10;
+/// How far the clock moves per ingest call: past the default config's `decision_wait` (10s).
+const STEP: u64 = 11 * SEC;
+
+fn guest_config() -> String {
+    Config::parse(DEFAULT_CONFIG).unwrap().guest_json()
+}
+
+fn limits() -> [(&'static str, GuestLimits); 2] {
+    [
+        ("limits_on", GuestLimits::default()),
+        ("limits_off", GuestLimits::unlimited()),
+    ]
+}
+
+/// A span-view batch as the host writes it for the default guest's interest
+/// (`service.name` only): one resource, `TRACES` traces of `SPANS` spans, one error span.
+fn batch() -> Vec<u8> {
+    let mut w = BatchWriter::new();
+    let (resource, mut s) = w.begin_resource();
+    w.attr_indexed(&mut s, 0).str(b"checkout");
+    w.end_section(s);
+    for t in 0..TRACES {
+        let mut trace_id = [0u8; 16];
+        trace_id[..8].copy_from_slice(&(t + 1).to_be_bytes());
+        trace_id[8..].copy_from_slice(&(t.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_be_bytes());
+        for n in 0..SPANS {
+            let parent = if n == 0 { 0 } else { 1 };
+            let fixed = SpanFixed {
+                trace_id: TraceId(trace_id),
+                span_id: SpanId((n + 1).to_be_bytes()),
+                parent_span_id: SpanId(u64::to_be_bytes(parent)),
+                start_unix_nano: T0 + n,
+                end_unix_nano: T0 + n + 1_000_000,
+                encoded_len: 366,
+                resource,
+                kind: if n == 0 { 2 } else { 1 },
+                status_code: if t == 0 && n == SPANS - 1 { 2 } else { 0 },
+                flags: 1,
+            };
+            w.begin_span(&fixed, format!("span {n}").as_bytes(), b"");
+            for _ in 0..3 {
+                let s = w.begin_section();
+                w.end_section(s);
+            }
+        }
+    }
+    w.finish()
+}
+
+fn recreate(c: &mut Criterion) {
+    let config = guest_config();
+    let mut g = c.benchmark_group("recreate");
+    for (name, limits) in limits() {
+        let module = GuestModule::load(None, limits).unwrap();
+        g.bench_function(name, |b| {
+            b.iter(|| module.instantiate(&config).unwrap());
+        });
+    }
+    g.finish();
+}
+
+fn tick(c: &mut Criterion) {
+    let config = guest_config();
+    let mut g = c.benchmark_group("tick");
+    for (name, limits) in limits() {
+        let module = GuestModule::load(None, limits).unwrap();
+        let (mut instance, _) = module.instantiate(&config).unwrap();
+        let mut now = T0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                now += 1;
+                instance.tick(now).unwrap()
+            });
+        });
+    }
+    g.finish();
+}
+
+fn ingest(c: &mut Criterion) {
+    let config = guest_config();
+    let batch = batch();
+    let mut g = c.benchmark_group("ingest");
+    g.throughput(Throughput::Elements(SPANS * TRACES));
+    for (name, limits) in limits() {
+        let module = GuestModule::load(None, limits).unwrap();
+        let (mut instance, _) = module.instantiate(&config).unwrap();
+        let mut now = T0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                now += STEP;
+                instance.ingest(&batch, now).unwrap()
+            });
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, recreate, tick, ingest);
+criterion_main!(benches);
