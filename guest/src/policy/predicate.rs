@@ -606,6 +606,43 @@ mod tests {
     }
 
     #[test]
+    fn identical_predicates_share_a_bit_and_keys_are_interned_once() {
+        let mut interest = Interest::for_current_policies();
+        let mut reg = Registry::new(&mut interest);
+        let range = || AttrMatcher::IntRange { min: 50, max: 100 };
+        let a = reg
+            .attribute("key1", range(), "numeric:key1:50:100".to_owned())
+            .unwrap();
+        let b = reg
+            .attribute("key1", range(), "numeric:key1:50:100".to_owned())
+            .unwrap();
+        let c = reg
+            .attribute("key1", range(), "numeric:key1:50:101".to_owned())
+            .unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(reg.trace_flags().unwrap(), reg.trace_flags().unwrap());
+        let preds = reg.finish();
+        assert_eq!(preds.preds.len(), 3);
+        assert_eq!(interest.span_attributes, ["key1"]);
+        assert_eq!(interest.resource_attributes, ["service.name", "key1"]);
+    }
+
+    #[test]
+    fn too_many_predicates_is_an_error() {
+        let mut interest = Interest::default();
+        let mut reg = Registry::new(&mut interest);
+        for i in 0..MAX_BITS {
+            reg.attribute("k", AttrMatcher::Bool(true), i.to_string())
+                .unwrap();
+        }
+        let err = reg
+            .attribute("k", AttrMatcher::Bool(true), "one more".to_owned())
+            .unwrap_err();
+        assert!(err.contains("more than 4096 span predicates"), "{err}");
+    }
+
+    #[test]
     fn trace_state_values() {
         assert_eq!(trace_state_value("a=1,b=2", "b"), Some("2"));
         assert_eq!(trace_state_value("a=1 , \tb=2", "b"), Some("2"));
