@@ -1,0 +1,265 @@
+//! `tracekeeper-bench`: the benchmark runner (`run`), and its load generator (`gen`) and
+//! counting sink (`sink`) on their own, for profiling a process by hand.
+//!
+//! ```sh
+//! cargo build --release -p tracekeeper -p tracekeeper-bench
+//! target/release/tracekeeper-bench run            # the full run (BENCHMARKS.md)
+//! target/release/tracekeeper-bench run --quick    # a short smoke run
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tracekeeper_bench::load::{self, LoadSpec, Protocol};
+use tracekeeper_bench::runner::{self, RunConfig};
+use tracekeeper_bench::sink::Sink;
+use tracekeeper_bench::workload::{Workload, WorkloadSpec};
+
+/// Load duration of each phase of the full run.
+const FULL_DURATION: Duration = Duration::from_secs(30);
+/// Load duration of each phase with `--quick`.
+const QUICK_DURATION: Duration = Duration::from_secs(5);
+/// Target rate of the full run, spans per second.
+const FULL_RATE: f64 = 50_000.0;
+/// Target rate with `--quick`.
+const QUICK_RATE: f64 = 20_000.0;
+/// `decision_wait` of the default-policies phase (the embedded default's) in the full run.
+const FULL_DECISION_WAIT: Duration = Duration::from_secs(10);
+/// `decision_wait` of the default-policies phase with `--quick`.
+const QUICK_DECISION_WAIT: Duration = Duration::from_secs(2);
+/// `decision_wait` of the keep-all phase.
+const KEEP_ALL_DECISION_WAIT: Duration = Duration::from_secs(1);
+/// Wall time of each floor measurement in the full run.
+const FULL_FLOOR_TIME: Duration = Duration::from_secs(3);
+/// Wall time of each floor measurement with `--quick`.
+const QUICK_FLOOR_TIME: Duration = Duration::from_millis(500);
+/// How often the standalone sink prints its count.
+const SINK_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Parser)]
+#[command(
+    name = "tracekeeper-bench",
+    about = "Benchmark tracekeeper against the prost floor and Rotel"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start tracekeeper (keep-all, then default policies) and Rotel on loopback, drive each
+    /// with the same load into a counting sink, and print the table.
+    Run(RunArgs),
+    /// Send the workload to an OTLP endpoint.
+    Gen(GenArgs),
+    /// Receive OTLP/gRPC and print spans per second.
+    Sink(SinkArgs),
+}
+
+#[derive(Args, Clone)]
+struct WorkloadArgs {
+    /// Spans per trace.
+    #[arg(long, default_value_t = 10)]
+    spans_per_trace: usize,
+    /// Spans per request.
+    #[arg(long, default_value_t = 100)]
+    spans_per_request: usize,
+    /// String attributes per span.
+    #[arg(long, default_value_t = 10)]
+    attributes: usize,
+    /// Share of traces with an ERROR span (0..1).
+    #[arg(long, default_value_t = 0.01)]
+    error_share: f64,
+    /// Share of traces with a producer span and its consumer (0..1).
+    #[arg(long, default_value_t = 0.05)]
+    producer_share: f64,
+}
+
+impl WorkloadArgs {
+    fn spec(&self) -> WorkloadSpec {
+        WorkloadSpec {
+            spans_per_trace: self.spans_per_trace,
+            spans_per_request: self.spans_per_request,
+            attributes_per_span: self.attributes,
+            error_share: self.error_share,
+            producer_share: self.producer_share,
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Short phases at a lower rate (a smoke run, not the published numbers).
+    #[arg(long)]
+    quick: bool,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// Target spans per second (0 = as fast as accepted) [default: 50000, quick 20000].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Load duration of each phase, seconds [default: 30, quick 5].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Generator connections (one request in flight each).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Transport from the generator to the process under test.
+    #[arg(long, value_enum, default_value_t = Protocol::Grpc)]
+    protocol: Protocol,
+    /// decision_wait of the default-policies phase, seconds [default: 10, quick 2].
+    #[arg(long)]
+    decision_wait: Option<f64>,
+    /// Exporter compression of tracekeeper and Rotel (both default to gzip).
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "none"])]
+    compression: String,
+    /// The tracekeeper binary [default: next to this one].
+    #[arg(long)]
+    tracekeeper: Option<PathBuf>,
+    /// The Rotel binary [default: `rotel` on PATH, else the `rotel` PyPI package, installed
+    /// when missing].
+    #[arg(long)]
+    rotel: Option<PathBuf>,
+    /// Skip the Rotel phase.
+    #[arg(long)]
+    no_rotel: bool,
+    /// Keep the configurations and logs of the processes under test in this directory.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GenArgs {
+    /// Receiver address (host:port).
+    #[arg(long, default_value = "127.0.0.1:4317")]
+    endpoint: SocketAddr,
+    #[arg(long, value_enum, default_value_t = Protocol::Grpc)]
+    protocol: Protocol,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// Target spans per second (0 = as fast as accepted).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Seconds to send.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Connections (one request in flight each).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+}
+
+#[derive(Args)]
+struct SinkArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:14317")]
+    listen: SocketAddr,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 60.0)]
+    duration: f64,
+}
+
+fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("{what}: {s} is not a duration"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Run(a) => run(a).await,
+        Cmd::Gen(a) => generate(a).await,
+        Cmd::Sink(a) => sink(a).await,
+    }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let q = a.quick;
+    let keep_logs = a.work_dir.is_some();
+    let cfg = RunConfig {
+        workload: a.workload.spec(),
+        rate: a.rate.unwrap_or(if q { QUICK_RATE } else { FULL_RATE }),
+        duration: match a.duration {
+            Some(d) => secs(d, "--duration")?,
+            None if q => QUICK_DURATION,
+            None => FULL_DURATION,
+        },
+        connections: a.connections,
+        protocol: a.protocol,
+        decision_wait: match a.decision_wait {
+            Some(d) => secs(d, "--decision-wait")?,
+            None if q => QUICK_DECISION_WAIT,
+            None => FULL_DECISION_WAIT,
+        },
+        keep_all_decision_wait: KEEP_ALL_DECISION_WAIT,
+        gzip: a.compression == "gzip",
+        floor_time: if q { QUICK_FLOOR_TIME } else { FULL_FLOOR_TIME },
+        tracekeeper: match a.tracekeeper {
+            Some(p) => p,
+            None => runner::default_tracekeeper()?,
+        },
+        rotel: a.rotel,
+        skip_rotel: a.no_rotel,
+        work_dir: a.work_dir.unwrap_or_else(runner::default_work_dir),
+    };
+    let result = runner::run(&cfg).await;
+    match result {
+        Ok(report) => {
+            println!("{}", runner::render(&cfg, &report));
+            if !keep_logs {
+                runner::clean_work_dir(&cfg.work_dir);
+            }
+            let lost: u64 = report.phases.iter().filter_map(|p| p.lost).sum();
+            anyhow::ensure!(lost == 0, "{lost} spans lost");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("configurations and logs kept in {}", cfg.work_dir.display());
+            Err(e)
+        }
+    }
+}
+
+async fn generate(a: GenArgs) -> anyhow::Result<()> {
+    let workload = Arc::new(Workload::new(a.workload.spec())?);
+    let spec = LoadSpec {
+        addr: a.endpoint,
+        protocol: a.protocol,
+        connections: a.connections,
+        rate: a.rate,
+        duration: secs(a.duration, "--duration")?,
+    };
+    let r = load::run(Arc::clone(&workload), &spec, Instant::now()).await?;
+    let spans = r.accepted() * workload.spans_per_request();
+    println!(
+        "{spans} spans accepted in {:.1} s ({:.0} spans/s), {} requests failed{}",
+        r.elapsed.as_secs_f64(),
+        spans as f64 / r.elapsed.as_secs_f64(),
+        r.failed(),
+        r.first_error
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+async fn sink(a: SinkArgs) -> anyhow::Result<()> {
+    let sink = Sink::start(a.listen, Instant::now()).await?;
+    println!("listening on {}", sink.addr());
+    let end = Instant::now() + secs(a.duration, "--duration")?;
+    let mut last = 0;
+    while Instant::now() < end {
+        tokio::time::sleep(SINK_REPORT_INTERVAL).await;
+        let n = sink.spans();
+        println!("{n} spans ({} in the last second)", n - last);
+        last = n;
+    }
+    let t = sink.tally();
+    println!(
+        "{} distinct generated spans, {} duplicates, {} foreign",
+        t.distinct, t.duplicates, t.foreign
+    );
+    sink.stop().await
+}
