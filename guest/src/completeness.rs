@@ -14,6 +14,7 @@
 //! section of decision batches, at most once per [`METRICS_INTERVAL_NS`] of host time.
 
 pub mod expect;
+pub mod labels;
 pub mod messaging;
 pub mod window;
 
@@ -46,9 +47,11 @@ pub const MAX_PRODUCERS_PER_TRACE: usize = 1_024;
 /// Most consumer spans per trace whose parents are remembered (to satisfy producers of the same
 /// trace that arrive after their consumer).
 pub const MAX_CONSUMERS_PER_TRACE: usize = 4_096;
-/// Longest span name or service name kept (root type, producer name); longer ones are cut at a
-/// character boundary.
+/// Longest producer span name kept; longer ones are cut at a character boundary.
 pub const MAX_NAME_LEN: usize = 256;
+/// Most distinct producer span names stored once for every trace; further names are stored with
+/// each producer.
+pub const MAX_PRODUCER_NAMES: usize = 1_000;
 /// Shortest host time between two metrics sections while counts change. Counts that changed
 /// since the last section are sent with the next answer after this interval; the guest asks for
 /// a tick then if no trace is due earlier.
@@ -82,42 +85,73 @@ pub fn add_interest(interest: &mut Interest) {
     interest.links = true;
 }
 
-fn bounded(s: &str) -> &str {
-    if s.len() <= MAX_NAME_LEN {
-        return s;
-    }
-    let mut end = MAX_NAME_LEN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+/// The name of a producer span: an index into [`Tracker`]'s table of names, or the name itself
+/// once the table is full.
+#[derive(Debug, Clone)]
+enum ProducerName {
+    Shared(usize),
+    Own(Box<str>),
 }
 
 /// A producer span of a pending trace.
 #[derive(Debug, Clone)]
 struct Producer {
     span_id: SpanId,
-    name: String,
+    name: ProducerName,
 }
 
-/// What completeness remembers about one pending trace.
+/// What completeness remembers about a pending trace with producers, consumers or expectations.
 #[derive(Debug, Clone, Default)]
-pub struct TraceState {
-    /// Service and name of the first root span.
-    root: Option<(String, String)>,
+struct More {
+    /// The expectations whose root selector the root span matches.
+    expectations: Vec<usize>,
     producers: Vec<Producer>,
     /// Parents of the trace's consumer spans.
     consumer_parents: Vec<SpanId>,
     /// Per expected span of the configuration, how many spans matched.
     expected: Vec<u32>,
+}
+
+/// What completeness remembers about one pending trace. Small for the common trace (no
+/// messaging, no expectation): the rest is allocated when needed.
+#[derive(Debug, Clone, Default)]
+pub struct TraceState {
+    /// Root type (service + name) of the first root span, in the metrics.
+    root_type: Option<usize>,
     /// The trace is held past its normal decision time for consumers.
     held: bool,
+    more: Option<Box<More>>,
 }
 
 impl TraceState {
     /// True while the trace is held past its normal decision time for a consumer.
     pub fn is_held(&self) -> bool {
         self.held
+    }
+
+    fn more(&mut self) -> &mut More {
+        self.more.get_or_insert_with(Box::default)
+    }
+
+    /// The producers of trace `id` that no consumer consumed yet: no consumer of the trace is
+    /// their child and the index does not know them consumed. Sorts the consumer parents.
+    fn open_producers<'s>(
+        &'s mut self,
+        id: TraceId,
+        index: &'s Index,
+    ) -> impl Iterator<Item = &'s Producer> + 's {
+        let (producers, parents): (&'s [Producer], &'s [SpanId]) = match self.more.as_deref_mut() {
+            Some(m) => {
+                m.consumer_parents.sort_unstable();
+                m.consumer_parents.dedup();
+                let m: &'s More = m;
+                (&m.producers, &m.consumer_parents)
+            }
+            None => (&[], &[]),
+        };
+        producers.iter().filter(move |p| {
+            parents.binary_search(&p.span_id).is_err() && !index.is_consumed(&(id, p.span_id))
+        })
     }
 }
 
@@ -197,6 +231,9 @@ pub struct Tracker {
     roots: RootCounts,
     /// Traces whose producers were consumed since the last [`Tracker::release`].
     touched: Vec<TraceId>,
+    /// Producer span names, by [`ProducerName::Shared`] index.
+    names: Vec<String>,
+    name_ids: HashMap<String, usize>,
     /// Host time of the last metrics section.
     last_metrics: Option<u64>,
 }
@@ -223,6 +260,8 @@ impl Tracker {
             index: Index::new(),
             roots: RootCounts::new(nanos(config.window)),
             touched: Vec::new(),
+            names: Vec::new(),
+            name_ids: HashMap::new(),
             last_metrics: None,
         })
     }
@@ -275,38 +314,56 @@ impl Tracker {
         let state = &mut trace.completeness;
         let f = &span.fixed;
         if f.parent_span_id.is_zero() {
-            if state.root.is_none() {
-                state.root = Some((bounded(service).to_owned(), bounded(span.name).to_owned()));
+            if state.root_type.is_none() {
+                state.root_type = Some(self.roots.id(service, span.name));
+                if !self.expectations.is_empty() {
+                    let matched = self.expectations.matching(service, span.name);
+                    if !matched.is_empty() {
+                        state.more().expectations = matched;
+                    }
+                }
             }
-        } else if !self.expectations.is_empty() {
+        } else if self.expectations.counts(span.name, service, f.kind) {
             self.expectations
-                .count(&mut state.expected, span.name, service, f.kind);
+                .count(&mut state.more().expected, span.name, service, f.kind);
         }
         let attrs = self.messaging_attrs(span.attributes.clone());
         match messaging::classify(f.kind, attrs.operation) {
             Role::Other => {}
             Role::Producer => {
-                if state.producers.len() >= MAX_PRODUCERS_PER_TRACE
-                    || state.producers.iter().any(|p| p.span_id == f.span_id)
+                let more = state.more();
+                if more.producers.len() >= MAX_PRODUCERS_PER_TRACE
+                    || more.producers.iter().any(|p| p.span_id == f.span_id)
                 {
                     return;
                 }
-                state.producers.push(Producer {
+                let name = labels::cut(span.name, MAX_NAME_LEN);
+                let name = match self.name_ids.get(name) {
+                    Some(&i) => ProducerName::Shared(i),
+                    None if self.names.len() < MAX_PRODUCER_NAMES => {
+                        self.names.push(name.to_owned());
+                        self.name_ids.insert(name.to_owned(), self.names.len() - 1);
+                        ProducerName::Shared(self.names.len() - 1)
+                    }
+                    None => ProducerName::Own(name.into()),
+                };
+                more.producers.push(Producer {
                     span_id: f.span_id,
-                    name: bounded(span.name).to_owned(),
+                    name,
                 });
                 let key = (id, f.span_id);
                 self.index
                     .produce(key, attrs.system, attrs.destination, now);
-                if state.consumer_parents.contains(&f.span_id) {
+                if more.consumer_parents.contains(&f.span_id) {
                     // Its consumer (a child) arrived first.
                     self.index.consume_child(key);
                 }
             }
             Role::Consumer => {
                 if !f.parent_span_id.is_zero() {
-                    if state.consumer_parents.len() < MAX_CONSUMERS_PER_TRACE {
-                        state.consumer_parents.push(f.parent_span_id);
+                    let more = state.more();
+                    if more.consumer_parents.len() < MAX_CONSUMERS_PER_TRACE {
+                        more.consumer_parents.push(f.parent_span_id);
                     }
                     if self.index.consume_child((id, f.parent_span_id)) == Consumed::First {
                         self.touched.push(id);
@@ -322,21 +379,17 @@ impl Tracker {
         }
     }
 
-    /// True when a producer of trace `id` has no consumer yet.
-    fn has_open_producer(&self, id: TraceId, state: &TraceState) -> bool {
-        state.producers.iter().any(|p| {
-            !state.consumer_parents.contains(&p.span_id)
-                && !self.index.is_consumed(&(id, p.span_id))
-        })
-    }
-
     /// Called when trace `id` reaches its normal due time `due`: the later due time until which
     /// it is held for the consumers of its open producers, or `None` to decide it now. A trace is
     /// held once, for at most `consumer_wait`.
     pub fn hold(&self, id: TraceId, trace: &mut PendingTrace, due: u64) -> Option<u64> {
         if self.consumer_wait == 0
             || trace.completeness.held
-            || !self.has_open_producer(id, &trace.completeness)
+            || trace
+                .completeness
+                .open_producers(id, &self.index)
+                .next()
+                .is_none()
         {
             return None;
         }
@@ -351,16 +404,22 @@ impl Tracker {
         queue: &mut DueQueue,
         now: u64,
     ) {
-        for id in core::mem::take(&mut self.touched) {
+        let mut touched = core::mem::take(&mut self.touched);
+        for id in touched.drain(..) {
             if let Some(t) = traces.get_mut(&id)
                 && t.completeness.held
                 && t.due > now
-                && !self.has_open_producer(id, &t.completeness)
+                && t.completeness
+                    .open_producers(id, &self.index)
+                    .next()
+                    .is_none()
             {
                 t.due = now;
                 queue.push(now, id);
             }
         }
+        // Keep the list's memory for the next batch.
+        self.touched = touched;
     }
 
     /// Checks trace `id`, being decided at `now`, and counts it for the metrics. Sorts and
@@ -368,39 +427,43 @@ impl Tracker {
     pub fn check(&mut self, id: TraceId, trace: &mut PendingTrace, now: u64) -> Report {
         let mut missing = Vec::new();
         let state = &trace.completeness;
-        let (service, name) = match &state.root {
-            Some((service, name)) => (service.as_str(), name.as_str()),
-            None => {
-                missing.push(MISSING_ROOT.to_owned());
-                ("", "")
-            }
-        };
-        if state.root.is_some() && !self.expectations.is_empty() {
-            for e in self.expectations.missing(service, name, &state.expected) {
+        if let Some(more) = &state.more {
+            for e in self
+                .expectations
+                .missing_for(&more.expectations, &more.expected)
+            {
                 missing.push(format!("{MISSING_EXPECTED_PREFIX}{e}"));
             }
         }
-        let mut open: Vec<&str> = state
-            .producers
-            .iter()
-            .filter(|p| {
-                !state.consumer_parents.contains(&p.span_id)
-                    && !self.index.is_consumed(&(id, p.span_id))
+        let type_id = match state.root_type {
+            Some(id) => id,
+            None => {
+                missing.insert(0, MISSING_ROOT.to_owned());
+                self.roots.id("", "")
+            }
+        };
+        let names = &self.names;
+        let mut open: Vec<&str> = trace
+            .completeness
+            .open_producers(id, &self.index)
+            .map(|p| match &p.name {
+                ProducerName::Shared(i) => names.get(*i).map_or("", String::as_str),
+                ProducerName::Own(name) => name,
             })
-            .map(|p| p.name.as_str())
             .collect();
         open.sort_unstable();
         open.dedup();
         for name in open {
             missing.push(format!("{MISSING_CONSUMER_PREFIX}{name}"));
         }
-        for p in &state.producers {
-            self.index.decided(&(id, p.span_id));
+        if let Some(more) = &trace.completeness.more {
+            for p in &more.producers {
+                self.index.decided(&(id, p.span_id));
+            }
         }
         missing.truncate(MAX_MISSING_ENTRIES);
-        let (service, name) = (service.to_owned(), name.to_owned());
         structural(trace, &mut missing);
-        self.roots.record(&service, &name, missing.is_empty(), now);
+        self.roots.record(type_id, missing.is_empty(), now);
         report(missing)
     }
 

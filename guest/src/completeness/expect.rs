@@ -41,6 +41,14 @@ struct Spec {
     min_count: u32,
 }
 
+impl Spec {
+    fn matches(&self, name: &str, service: &str, kind: u8) -> bool {
+        self.name == name
+            && self.service.as_deref().is_none_or(|sv| sv == service)
+            && self.kind.is_none_or(|k| k == kind)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Compiled {
     service: Option<String>,
@@ -98,14 +106,17 @@ impl Expectations {
         self.compiled.is_empty()
     }
 
+    /// True when a span (`name`, `service`, `kind`) is one of the expected spans, so that
+    /// [`Expectations::count`] counts it.
+    pub fn counts(&self, name: &str, service: &str, kind: u8) -> bool {
+        self.specs.iter().any(|s| s.matches(name, service, kind))
+    }
+
     /// Counts a non-root span into `counts` (one counter per expected span, grown on first
     /// match).
     pub fn count(&self, counts: &mut Vec<u32>, name: &str, service: &str, kind: u8) {
         for (i, s) in self.specs.iter().enumerate() {
-            if s.name == name
-                && s.service.as_deref().is_none_or(|sv| sv == service)
-                && s.kind.is_none_or(|k| k == kind)
-            {
+            if s.matches(name, service, kind) {
                 if counts.len() < self.specs.len() {
                     counts.resize(self.specs.len(), 0);
                 }
@@ -114,21 +125,28 @@ impl Expectations {
         }
     }
 
-    /// The names of the expected spans missing from a trace whose root is (`service`, `name`)
-    /// and whose spans were counted into `counts`, in configuration order, without repeats.
-    pub fn missing(&self, service: &str, name: &str, counts: &[u32]) -> Vec<&str> {
+    /// The expectations (indices) whose root selector matches a root span (`service`, `name`).
+    pub fn matching(&self, service: &str, name: &str) -> Vec<usize> {
+        self.compiled
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                c.service.as_deref().is_none_or(|sv| sv == service)
+                    && match &c.root {
+                        RootName::Exact(n) => n == name,
+                        RootName::Pattern(re) => re.is_match(name),
+                    }
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The names of the expected spans of the expectations `matched` (from
+    /// [`Expectations::matching`]) missing from a trace whose spans were counted into `counts`,
+    /// in configuration order, without repeats.
+    pub fn missing_for(&self, matched: &[usize], counts: &[u32]) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
-        for c in &self.compiled {
-            if c.service.as_deref().is_some_and(|sv| sv != service) {
-                continue;
-            }
-            let matches = match &c.root {
-                RootName::Exact(n) => n == name,
-                RootName::Pattern(re) => re.is_match(name),
-            };
-            if !matches {
-                continue;
-            }
+        for c in matched.iter().filter_map(|&i| self.compiled.get(i)) {
             for &i in &c.specs {
                 let Some(spec) = self.specs.get(i) else {
                     continue;
@@ -140,6 +158,11 @@ impl Expectations {
             }
         }
         out
+    }
+
+    /// [`Expectations::missing_for`] the expectations matching root (`service`, `name`).
+    pub fn missing(&self, service: &str, name: &str, counts: &[u32]) -> Vec<&str> {
+        self.missing_for(&self.matching(service, name), counts)
     }
 }
 

@@ -10,11 +10,13 @@
 //! per queue (`messaging.system` + `messaging.destination.name`) the messages produced and
 //! consumed and the oldest one not consumed.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
 use hashbrown::HashMap;
 use hashbrown::hash_map::Entry;
 use tracekeeper_abi::{MetricsWriter, QueueMetrics, SpanId, TraceId};
+
+use super::labels::Interner;
 
 /// OTLP span kind PRODUCER.
 pub const KIND_PRODUCER: u8 = 4;
@@ -40,12 +42,9 @@ pub const MAX_UNMATCHED_LINKS: usize = 100_000;
 /// message whose consumer never reaches the guest counts as unconsumed.
 pub const MESSAGE_RETENTION_NS: u64 = 3_600 * 1_000_000_000;
 /// Most queues counted separately; messages of further queues are counted under
-/// [`OVERFLOW_LABEL`].
+/// [`OVERFLOW_LABEL`](super::labels::OVERFLOW_LABEL) (system and destination names are cut at
+/// [`MAX_LABEL_LEN`](super::labels::MAX_LABEL_LEN) bytes).
 pub const MAX_QUEUES: usize = 1_000;
-/// System and destination of the queue that collects the queues beyond [`MAX_QUEUES`].
-pub const OVERFLOW_LABEL: &str = "_overflow";
-/// Longest system or destination name kept; longer names are cut (at a character boundary).
-pub const MAX_LABEL_LEN: usize = 256;
 
 /// What a span is to the messaging rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,18 +81,6 @@ pub fn classify(kind: u8, operation: Option<&str>) -> Role {
 /// A span in the index: trace id and span id.
 pub type SpanKey = (TraceId, SpanId);
 
-/// Cuts a label value to [`MAX_LABEL_LEN`] bytes at a character boundary.
-fn bounded(s: &str) -> &str {
-    if s.len() <= MAX_LABEL_LEN {
-        return s;
-    }
-    let mut end = MAX_LABEL_LEN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Message {
     queue: usize,
@@ -110,11 +97,9 @@ struct Queue {
     produced: u64,
     consumed: u64,
     consumed_late: u64,
-    /// Messages not consumed yet, by production time.
-    unconsumed: BTreeSet<(u64, SpanKey)>,
 }
 
-/// What [`Index::consume`] found.
+/// What [`Index::consume_child`] and [`Index::consume_link`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Consumed {
     /// The target is a known message, consumed now for the first time; its trace is pending.
@@ -128,7 +113,7 @@ pub enum Consumed {
 }
 
 /// The cross-trace index of messages and consumer links, and the per-queue counts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Index {
     messages: HashMap<SpanKey, Message>,
     /// Messages in the order they were produced, for eviction (entries may be stale).
@@ -138,9 +123,26 @@ pub struct Index {
     /// Unmatched targets in arrival order, for eviction (entries may be stale).
     unmatched_order: VecDeque<(u64, SpanKey)>,
     queues: Vec<Queue>,
-    queue_ids: HashMap<(String, String), usize>,
+    queue_ids: Interner,
+    /// The queue of the last message produced.
+    last_queue: usize,
     /// Counts changed since the last metrics section.
     dirty: bool,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            messages: HashMap::new(),
+            message_order: VecDeque::new(),
+            unmatched: HashMap::new(),
+            unmatched_order: VecDeque::new(),
+            queues: Vec::new(),
+            queue_ids: Interner::new(MAX_QUEUES),
+            last_queue: 0,
+            dirty: false,
+        }
+    }
 }
 
 impl Index {
@@ -165,26 +167,22 @@ impl Index {
     }
 
     fn queue_id(&mut self, system: &str, destination: &str) -> usize {
-        let key = (bounded(system).to_owned(), bounded(destination).to_owned());
-        if let Some(&id) = self.queue_ids.get(&key) {
-            return id;
+        // Messages of one queue tend to come together: try the last one before hashing.
+        if let Some(q) = self.queues.get(self.last_queue)
+            && q.system == system
+            && q.destination == destination
+        {
+            return self.last_queue;
         }
-        let key = if self.queues.len() < MAX_QUEUES {
-            key
-        } else {
-            (OVERFLOW_LABEL.to_owned(), OVERFLOW_LABEL.to_owned())
-        };
-        if let Some(&id) = self.queue_ids.get(&key) {
-            return id;
-        }
-        let id = self.queues.len();
-        self.queues.push(Queue {
-            system: key.0.clone(),
-            destination: key.1.clone(),
-            ..Queue::default()
-        });
-        self.queue_ids.insert(key, id);
-        id
+        let queues = &mut self.queues;
+        self.queue_ids
+            .id(system, destination, |system, destination| {
+                queues.push(Queue {
+                    system: system.to_owned(),
+                    destination: destination.to_owned(),
+                    ..Queue::default()
+                });
+            })
     }
 
     /// Records a message produced by span `key` at host time `now`. Returns true when a consumer
@@ -211,8 +209,6 @@ impl Index {
         q.produced += 1;
         if consumed {
             q.consumed += 1;
-        } else {
-            q.unconsumed.insert((now, key));
         }
         self.dirty = true;
         self.evict_messages();
@@ -254,10 +250,10 @@ impl Index {
         m.consumed = true;
         let q = &mut self.queues[m.queue];
         q.consumed += 1;
-        q.unconsumed.remove(&(m.produced_at, key));
         self.dirty = true;
         if m.decided {
             q.consumed_late += 1;
+            self.messages.remove(&key);
             Consumed::Late
         } else {
             Consumed::First
@@ -269,10 +265,17 @@ impl Index {
         self.messages.get(key).is_some_and(|m| m.consumed)
     }
 
-    /// The trace of message `key` was decided: a consumer from now on is a late completion.
+    /// The trace of message `key` was decided: a consumer from now on is a late completion. A
+    /// consumed message is forgotten then (nothing can change for it any more; a further consumer
+    /// group that links to it is not counted again), which keeps the index to the messages of
+    /// pending traces and the unconsumed ones.
     pub fn decided(&mut self, key: &SpanKey) {
-        if let Some(m) = self.messages.get_mut(key) {
-            m.decided = true;
+        if let Entry::Occupied(mut o) = self.messages.entry(*key) {
+            if o.get().consumed {
+                o.remove();
+            } else {
+                o.get_mut().decided = true;
+            }
         }
     }
 
@@ -297,9 +300,7 @@ impl Index {
         {
             let m = o.remove();
             if !m.consumed {
-                self.queues[m.queue]
-                    .unconsumed
-                    .remove(&(m.produced_at, key));
+                // The oldest unconsumed message of its queue may have changed.
                 self.dirty = true;
             }
         }
@@ -328,14 +329,27 @@ impl Index {
     /// resets the deltas.
     pub fn write_metrics(&mut self, now: u64, out: &mut MetricsWriter) {
         self.expire(now);
-        for q in &mut self.queues {
+        // The oldest unconsumed message of each queue: one walk over the messages in production
+        // order (at most one section a second, so this is cheaper than keeping them sorted).
+        let mut oldest = vec![0u64; self.queues.len()];
+        for (at, key) in &self.message_order {
+            if let Some(m) = self.messages.get(key)
+                && m.produced_at == *at
+                && !m.consumed
+                && let Some(o) = oldest.get_mut(m.queue)
+                && (*o == 0 || *at < *o)
+            {
+                *o = (*at).max(1);
+            }
+        }
+        for (q, oldest) in self.queues.iter_mut().zip(oldest) {
             out.queue(&QueueMetrics {
                 system: &q.system,
                 destination: &q.destination,
                 produced: q.produced,
                 consumed: q.consumed,
                 consumed_late: q.consumed_late,
-                oldest_unconsumed: q.unconsumed.first().map_or(0, |(at, _)| (*at).max(1)),
+                oldest_unconsumed: oldest,
             });
             q.produced = 0;
             q.consumed = 0;
@@ -350,6 +364,7 @@ impl Index {
 mod tests {
     use tracekeeper_abi::{DecisionReader, DecisionWriter};
 
+    use super::super::labels::OVERFLOW_LABEL;
     use super::*;
 
     fn key(t: u8, s: u8) -> SpanKey {
@@ -487,9 +502,5 @@ mod tests {
         assert_eq!(m.len(), MAX_QUEUES + 1);
         let overflow = m.iter().find(|q| q.0 == OVERFLOW_LABEL).unwrap();
         assert_eq!(overflow.2, 3);
-        let long = "x".repeat(MAX_LABEL_LEN + 10);
-        assert_eq!(bounded(&long).len(), MAX_LABEL_LEN);
-        let wide = "é".repeat(MAX_LABEL_LEN);
-        assert!(bounded(&wide).len() <= MAX_LABEL_LEN);
     }
 }

@@ -2,18 +2,15 @@
 //! complete and incomplete since the last metrics section, and over a sliding window of host
 //! time (`processors.completeness.window`) for the completeness ratio.
 
-use hashbrown::HashMap;
 use tracekeeper_abi::{MetricsWriter, RootMetrics};
+
+use super::labels::Interner;
 
 /// Buckets of a sliding window: the window moves in steps of `window / WINDOW_BUCKETS`.
 pub const WINDOW_BUCKETS: usize = 30;
 /// Most root types counted separately; traces of further root types are counted under
-/// [`OVERFLOW_LABEL`].
+/// `_overflow` (service and name cut at 256 bytes, see [`super::labels`]).
 pub const MAX_ROOT_TYPES: usize = 1_000;
-/// Service and name of the root type that collects the root types beyond [`MAX_ROOT_TYPES`].
-pub const OVERFLOW_LABEL: &str = "_overflow";
-/// Longest service or root name kept; longer ones are cut (at a character boundary).
-pub const MAX_LABEL_LEN: usize = 256;
 
 /// Counts of one bucket: (complete, incomplete).
 type Counts = (u64, u64);
@@ -83,19 +80,8 @@ struct RootType {
 pub struct RootCounts {
     bucket_ns: u64,
     types: Vec<RootType>,
-    ids: HashMap<(String, String), usize>,
+    ids: Interner,
     dirty: bool,
-}
-
-fn bounded(s: &str) -> &str {
-    if s.len() <= MAX_LABEL_LEN {
-        return s;
-    }
-    let mut end = MAX_LABEL_LEN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 impl RootCounts {
@@ -104,7 +90,7 @@ impl RootCounts {
         RootCounts {
             bucket_ns: (window_ns / WINDOW_BUCKETS as u64).max(1),
             types: Vec::new(),
-            ids: HashMap::new(),
+            ids: Interner::new(MAX_ROOT_TYPES),
             dirty: false,
         }
     }
@@ -114,34 +100,25 @@ impl RootCounts {
         self.dirty
     }
 
-    /// Counts one trace of root type (`service`, `name`) decided at host time `now`.
-    pub fn record(&mut self, service: &str, name: &str, complete: bool, now: u64) {
-        let key = (bounded(service).to_owned(), bounded(name).to_owned());
-        let id = match self.ids.get(&key) {
-            Some(&id) => id,
-            None => {
-                let key = if self.types.len() < MAX_ROOT_TYPES {
-                    key
-                } else {
-                    (OVERFLOW_LABEL.to_owned(), OVERFLOW_LABEL.to_owned())
-                };
-                match self.ids.get(&key) {
-                    Some(&id) => id,
-                    None => {
-                        self.types.push(RootType {
-                            service: key.0.clone(),
-                            name: key.1.clone(),
-                            delta: (0, 0),
-                            window: Window::new(),
-                        });
-                        self.ids.insert(key, self.types.len() - 1);
-                        self.types.len() - 1
-                    }
-                }
-            }
+    /// The id of root type (`service`, `name`), for [`RootCounts::record`].
+    pub fn id(&mut self, service: &str, name: &str) -> usize {
+        let types = &mut self.types;
+        self.ids.id(service, name, |service, name| {
+            types.push(RootType {
+                service: service.to_owned(),
+                name: name.to_owned(),
+                delta: (0, 0),
+                window: Window::new(),
+            });
+        })
+    }
+
+    /// Counts one trace of root type `id` decided at host time `now`.
+    pub fn record(&mut self, id: usize, complete: bool, now: u64) {
+        let Some(t) = self.types.get_mut(id) else {
+            return;
         };
         let step = now / self.bucket_ns;
-        let t = &mut self.types[id];
         if complete {
             t.delta.0 += 1;
         } else {
@@ -176,9 +153,17 @@ impl RootCounts {
 mod tests {
     use tracekeeper_abi::{DecisionReader, DecisionWriter};
 
+    use super::super::labels::OVERFLOW_LABEL;
     use super::*;
 
     const SEC: u64 = 1_000_000_000;
+
+    impl RootCounts {
+        fn record_pair(&mut self, service: &str, name: &str, complete: bool, now: u64) {
+            let id = self.id(service, name);
+            self.record(id, complete, now);
+        }
+    }
 
     fn read(c: &mut RootCounts, now: u64) -> Vec<(String, String, u64, u64, u64, u64)> {
         let mut m = MetricsWriter::new();
@@ -209,10 +194,10 @@ mod tests {
         let mut c = RootCounts::new(300 * SEC);
         let t0 = 1_700_000_000 * SEC;
         for i in 0..19 {
-            c.record("checkout", "POST /checkout", true, t0 + i * SEC);
+            c.record_pair("checkout", "POST /checkout", true, t0 + i * SEC);
         }
-        c.record("checkout", "POST /checkout", false, t0 + 20 * SEC);
-        c.record("", "", false, t0 + 20 * SEC);
+        c.record_pair("checkout", "POST /checkout", false, t0 + 20 * SEC);
+        c.record_pair("", "", false, t0 + 20 * SEC);
         assert!(c.is_dirty());
         let r = read(&mut c, t0 + 21 * SEC);
         assert_eq!(
@@ -235,7 +220,7 @@ mod tests {
         let r = read(&mut c, t0 + 10_000 * SEC);
         assert_eq!(r[0].4 + r[0].5, 0);
         // A clock that goes back counts into the newest bucket.
-        c.record("checkout", "POST /checkout", true, t0);
+        c.record_pair("checkout", "POST /checkout", true, t0);
         assert_eq!(read(&mut c, t0 + 10_000 * SEC)[0].4, 1);
     }
 
@@ -243,7 +228,7 @@ mod tests {
     fn root_types_are_bounded() {
         let mut c = RootCounts::new(300 * SEC);
         for i in 0..(MAX_ROOT_TYPES + 5) {
-            c.record("svc", &format!("GET /users/{i}"), true, SEC);
+            c.record_pair("svc", &format!("GET /users/{i}"), true, SEC);
         }
         let r = read(&mut c, SEC);
         assert_eq!(r.len(), MAX_ROOT_TYPES + 1);
