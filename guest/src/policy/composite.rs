@@ -11,6 +11,10 @@
 //!   sub-policy without an entry gets 0 and never keeps**, as in the collector;
 //! * counters restart at each second of the host clock (`now`), not a token bucket.
 //!
+//! Stricter than the collector: `max_total_spans_per_second` must be positive, the list of
+//! sub-policies non-empty, and a `rate_allocation` entry must name a sub-policy (the collector
+//! silently ignores a misspelt name, leaving the intended sub-policy at 0).
+//!
 //! A kept trace has no known sampling probability, so the decision erases `th`.
 
 use serde::Deserialize;
