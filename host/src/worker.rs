@@ -633,7 +633,6 @@ impl Worker {
     /// keeps them fail-open) and records for traces that are not pending (ignored).
     fn apply(&mut self, call: &'static str, bytes: &[u8]) -> Result<Violations, GuestError> {
         crate::completeness_metrics::record(&self.metrics, bytes);
-        crate::completeness_metrics::record(&self.metrics, bytes);
         let malformed = |e| GuestError::bad_answer(call, FaultCause::Malformed(e));
         let reader = DecisionReader::new(bytes).map_err(malformed)?;
         let mut seen = HashSet::with_capacity(reader.len());
