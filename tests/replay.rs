@@ -189,7 +189,7 @@ fn number_before(text: &str, suffix: &str) -> usize {
 fn every_recording_replays_to_its_expected_decisions() {
     let fixtures = fixtures();
     let names: Vec<&str> = fixtures.iter().map(|f| f.name.as_str()).collect();
-    for required in ["checkout", "first-trace", "sixty-seconds"] {
+    for required in ["checkout", "first-trace", "sixty-seconds", "stuck-queue"] {
         assert!(
             names.contains(&required),
             "fixture {required} missing: {names:?}"

@@ -47,6 +47,8 @@ pub struct Faults {
     pub lost_inventory: bool,
     /// The notification service is not consuming: no `process order_confirmed`, no email.
     pub consumer_stopped: bool,
+    /// The message waits this much longer in the queue before it is consumed.
+    pub slow_consumer: Option<u64>,
     /// An `audit log` span that ends this long after the checkout started (a slow asynchronous
     /// write), so it arrives after the trace was decided.
     pub late_audit: Option<u64>,
@@ -204,7 +206,7 @@ pub fn checkout_trace(
         messaging("publish"),
     );
     if !faults.consumer_stopped {
-        let consumed = 420 * MS + QUEUE_DELAY;
+        let consumed = 420 * MS + QUEUE_DELAY + faults.slow_consumer.unwrap_or(0);
         let process = add(
             "notification",
             PROCESS,

@@ -9,8 +9,9 @@
 //! The output is deterministic (fixed seeds), so the fixtures in the repository can be checked
 //! against a fresh run. The expected decisions are not recorded from the replay: they come from
 //! this generator's own model of the fixtures' policies (`errors`, `incomplete`, `baseline`
-//! probabilistic by the OpenTelemetry threshold), applied to the spans it knows it sent, so a
-//! replay that disagrees points at the guest or at the replay, not at a stale snapshot.
+//! probabilistic by the OpenTelemetry threshold) and completeness rules (root, parents,
+//! consumers of producers, the checkout expectations), applied to the spans it knows it sent, so
+//! a replay that disagrees points at the guest or at the replay, not at a stale snapshot.
 
 #[path = "../common/checkout.rs"]
 mod checkout;
@@ -37,6 +38,16 @@ const LATE_MARGIN: u64 = 5 * SECOND;
 const BASELINE_PERCENT: u64 = 10;
 /// 2^56: the OpenTelemetry threshold and randomness range.
 const RANDOMNESS_RANGE: u128 = 1 << 56;
+/// `consumer_wait` of the fixtures with completeness rules.
+const CONSUMER_WAIT_S: u64 = 30;
+/// How long a slow consumer leaves a message in the queue: past `decision_wait`, within
+/// `consumer_wait`, so its trace is held and then decided complete.
+const SLOW_CONSUMER_DELAY: u64 = 15 * SECOND;
+/// The spans the checkout expectation requires (name, kind), as in DESIGN.md's example.
+const EXPECTED_SPANS: [(&str, Option<SpanKind>); 2] = [
+    ("send_email", None),
+    (checkout::PROCESS, Some(SpanKind::Consumer)),
+];
 
 /// How often (percent of checkouts) each fault happens.
 #[derive(Clone, Copy)]
@@ -45,6 +56,7 @@ struct FaultRates {
     lost_root: u64,
     lost_inventory: u64,
     late_audit: u64,
+    slow_consumer: u64,
 }
 
 /// One recorded fixture.
@@ -58,6 +70,10 @@ struct Fixture {
     rates: FaultRates,
     /// Also write the recording as length-prefixed protobuf (`NAME.otlp.binpb`).
     protobuf: bool,
+    /// Configure the completeness section (consumer_wait, the checkout expectation).
+    completeness: bool,
+    /// The notification service stops consuming this many seconds into the recording.
+    consumer_stops_at_s: Option<u64>,
 }
 
 const RATES: FaultRates = FaultRates {
@@ -65,9 +81,10 @@ const RATES: FaultRates = FaultRates {
     lost_root: 3,
     lost_inventory: 3,
     late_audit: 3,
+    slow_consumer: 0,
 };
 
-const FIXTURES: [Fixture; 2] = [
+const FIXTURES: [Fixture; 3] = [
     Fixture {
         name: "checkout",
         about: "20 s of checkouts at 10/s: errors, lost root spans, lost `reserve stock` spans \
@@ -78,6 +95,8 @@ const FIXTURES: [Fixture; 2] = [
         seed: 7,
         rates: RATES,
         protobuf: true,
+        completeness: false,
+        consumer_stops_at_s: None,
     },
     Fixture {
         name: "sixty-seconds",
@@ -89,6 +108,27 @@ const FIXTURES: [Fixture; 2] = [
         seed: 60,
         rates: RATES,
         protobuf: false,
+        completeness: false,
+        consumer_stops_at_s: None,
+    },
+    Fixture {
+        name: "stuck-queue",
+        about: "The incident: 60 s of checkouts at 5/s; some messages wait 15 s in the queue; \
+                after 30 s the notification service stops consuming order_confirmed.",
+        decision_wait_s: 10,
+        seconds: 60,
+        checkouts_per_second: 5,
+        seed: 45,
+        rates: FaultRates {
+            error: 5,
+            lost_root: 0,
+            lost_inventory: 0,
+            late_audit: 0,
+            slow_consumer: 10,
+        },
+        protobuf: false,
+        completeness: true,
+        consumer_stops_at_s: Some(30),
     },
 ];
 
@@ -114,8 +154,9 @@ fn threshold(percent: u64) -> u64 {
 
 /// What the fixture policies decide for a trace whose spans seen before its decision are
 /// `spans`: `errors` (a span with status ERROR), then `incomplete` (something missing), then
-/// `baseline` (randomness = low 56 bits of the trace id, at least the threshold).
-fn expected(trace_id: [u8; 16], spans: &[&Span]) -> Line {
+/// `baseline` (randomness = low 56 bits of the trace id, at least the threshold). With
+/// `expectations`, a `checkout POST /checkout` root needs the [`EXPECTED_SPANS`].
+fn expected(trace_id: [u8; 16], spans: &[&Span], expectations: bool) -> Line {
     let ids: BTreeSet<&[u8]> = spans.iter().map(|s| s.span_id.as_slice()).collect();
     let mut missing = BTreeSet::new();
     if !spans.iter().any(|s| s.parent_span_id.is_empty()) {
@@ -129,6 +170,20 @@ fn expected(trace_id: [u8; 16], spans: &[&Span]) -> Line {
             |c: &&Span| c.kind == SpanKind::Consumer as i32 && c.parent_span_id == s.span_id;
         if s.kind == SpanKind::Producer as i32 && !spans.iter().any(consumes) {
             missing.insert(format!("consumer:{}", s.name));
+        }
+    }
+    // Every generated span but the orphans descends from the root, so "descendant" is "present".
+    let checkout_root = spans
+        .iter()
+        .any(|s| s.parent_span_id.is_empty() && s.name == checkout::ROOT.1);
+    if expectations && checkout_root {
+        for (name, kind) in EXPECTED_SPANS {
+            let found = spans
+                .iter()
+                .any(|s| s.name == name && kind.is_none_or(|k| s.kind == k as i32));
+            if !found {
+                missing.insert(format!("expected:{name}"));
+            }
         }
     }
     let error = spans
@@ -160,7 +215,20 @@ fn expected(trace_id: [u8; 16], spans: &[&Span]) -> Line {
 }
 
 /// The sidecar configuration a fixture is replayed with.
-fn config(about: &str, decision_wait_s: u64) -> String {
+fn config(about: &str, decision_wait_s: u64, completeness: bool) -> String {
+    let completeness = if completeness {
+        format!(
+            "  completeness:\n    consumer_wait: {CONSUMER_WAIT_S}s\n    expectations:\n\
+             \x20     - root: {{service: {}, name: \"{}\"}}\n\
+             \x20       expect: [{{name: {}}}, {{name: {}, kind: CONSUMER}}]\n",
+            checkout::ROOT.0,
+            checkout::ROOT.1,
+            EXPECTED_SPANS[0].0,
+            EXPECTED_SPANS[1].0,
+        )
+    } else {
+        String::new()
+    };
     format!(
         "# Generated by examples/gen-traces (cargo run --example gen-traces); do not edit.\n\
          # {about}\n\
@@ -170,6 +238,7 @@ fn config(about: &str, decision_wait_s: u64) -> String {
          \x20     - {{name: errors, type: status_code, status_code: {{status_codes: [ERROR]}}}}\n\
          \x20     - {{name: incomplete, type: completeness, completeness: {{incomplete: true}}}}\n\
          \x20     - {{name: baseline, type: probabilistic, probabilistic: {{sampling_percentage: {BASELINE_PERCENT}}}}}\n\
+         {completeness}\
          exporters:\n  debug: {{}}\n"
     )
 }
@@ -237,11 +306,16 @@ fn generate(dir: &Path, f: &Fixture) -> anyhow::Result<()> {
         let t0 = BASE_TIME + i * gap + rng.next_u64() % gap;
         let trace_id = rng.trace_id();
         let late = rng.percent(f.rates.late_audit);
+        let slow = rng.percent(f.rates.slow_consumer);
+        let stopped = f
+            .consumer_stops_at_s
+            .is_some_and(|s| t0 >= BASE_TIME + s * SECOND);
         let faults = Faults {
             error: rng.percent(f.rates.error),
             lost_root: rng.percent(f.rates.lost_root),
             lost_inventory: rng.percent(f.rates.lost_inventory),
-            consumer_stopped: false,
+            consumer_stopped: stopped,
+            slow_consumer: slow.then_some(SLOW_CONSUMER_DELAY),
             late_audit: late.then_some(wait + LATE_MARGIN + EXPORT_INTERVAL),
         };
         let trace = checkout_trace(trace_id, &mut rng, t0, &faults);
@@ -251,13 +325,13 @@ fn generate(dir: &Path, f: &Fixture) -> anyhow::Result<()> {
             .map(|s| &s.span)
             .filter(|s| s.name != "audit log")
             .collect();
-        lines.push(expected(trace_id, &on_time));
+        lines.push(expected(trace_id, &on_time, f.completeness));
         spans.extend(trace);
     }
     let requests = export_requests(spans);
     write(
         &dir.join(format!("{}.yaml", f.name)),
-        config(f.about, f.decision_wait_s).as_bytes(),
+        config(f.about, f.decision_wait_s, f.completeness).as_bytes(),
     )?;
     write(
         &dir.join(format!("{}.otlp.jsonl", f.name)),
@@ -291,13 +365,16 @@ fn first_trace(dir: &Path) -> anyhow::Result<()> {
         end_time_unix_nano: BASE_TIME + 100 * MS,
         ..Default::default()
     };
-    let line = expected(trace_id, &[&span]);
+    let line = expected(trace_id, &[&span], false);
     let req = request(&[ServiceSpan {
         service: "checkout",
         span,
     }]);
     let about = "The README's first trace: one `charge card` span whose parent never arrives.";
-    write(&dir.join("first-trace.yaml"), config(about, 10).as_bytes())?;
+    write(
+        &dir.join("first-trace.yaml"),
+        config(about, 10, false).as_bytes(),
+    )?;
     write(&dir.join("first-trace.otlp.binpb"), &req.encode_to_vec())?;
     write_expected(&dir.join("first-trace.expected.jsonl"), vec![line])
 }

@@ -21,7 +21,7 @@
 //! The clock is virtual: each request "arrives" at the latest end time of its spans (never
 //! earlier than the previous one), and the guest's `tick` is called at every due time the clock
 //! passes, so a 30 s `decision_wait` costs no real time. When the recording ends the clock keeps
-//! running until nothing is due any more, then `flush` decides whatever is left. As in the
+//! running until every trace is decided, then `flush` decides whatever is left. As in the
 //! sidecar, spans of a trace that was already decided are late: they are not shown to the guest
 //! (it would see a new trace without a root) but counted. `num_traces` is honoured like the
 //! sidecar does it: beyond it, the oldest traces are decided early with `decide-now`.
@@ -194,9 +194,10 @@ impl Replay {
         self.apply(&answer)
     }
 
-    /// Lets the clock run out after the last request, then flushes what is left.
+    /// Lets the clock run on after the last request until every trace is decided (the guest may
+    /// also ask for ticks to refresh its metrics: those stop mattering here), then flushes.
     fn finish(&mut self) -> anyhow::Result<()> {
-        while self.next_due != 0 {
+        while !self.pending.is_empty() && self.next_due != 0 {
             self.advance_to(self.next_due.max(self.now))?;
         }
         let answer = self.guest.flush(self.now)?;
