@@ -140,7 +140,8 @@ impl Sampler {
             && let Some(wait) = self.wait_after_root
         {
             let due = now.saturating_add(wait);
-            if due < trace.due {
+            // A trace held for the consumer of a producer keeps waiting for it.
+            if due < trace.due && !trace.completeness.is_held() {
                 trace.due = due;
                 self.queue.push(due, id);
             }

@@ -405,6 +405,33 @@ fn consumer_wait_zero_decides_at_decision_wait() {
 }
 
 #[test]
+fn a_root_arriving_late_does_not_cut_the_wait_for_a_consumer() {
+    let cfg = r#"{"tail_sampling": {"decision_wait": "1s",
+        "decision_wait_after_root_received": "500ms",
+        "policies": [{"name": "incomplete", "type": "completeness"}]},
+        "completeness": {"consumer_wait": "10s"}}"#;
+    let (s, interest) = Sampler::configure(cfg).unwrap();
+    let mut r = Run {
+        s,
+        interest,
+        decided: Vec::new(),
+        metrics: Vec::new(),
+    };
+    let (t, c) = (tid(1), tid(2));
+    let mut spans = checkout(t);
+    let root = spans.remove(0);
+    r.ingest(&spans, T0);
+    // Held at its normal due time for the consumer.
+    assert_eq!(r.tick(T0 + SEC).next_due, T0 + 11 * SEC);
+    // The root arrives: the trace keeps waiting for its consumer.
+    let a = r.ingest(&[root], T0 + 2 * SEC);
+    assert_eq!(a.next_due, T0 + 11 * SEC);
+    assert!(r.tick(T0 + 3 * SEC).decisions.is_empty());
+    r.ingest(&linked_consumer(c, t), T0 + 4 * SEC);
+    assert_eq!(r.decision(t).completeness, Completeness::Complete);
+}
+
+#[test]
 fn fan_out_and_batch_receive() {
     let mut r = Run::new("10s", "[]");
     // Fan-out: two consumer groups consume one message; it is counted consumed once.
