@@ -50,6 +50,8 @@ use tracekeeper::otlp::view::{Interest, ViewBuilder};
 use tracekeeper::worker::DEFAULT_NUM_TRACES;
 use tracekeeper_abi::{DecisionReader, TraceId};
 
+/// Bytes of one trace id in a `decide-now` list.
+const TRACE_ID_LEN: usize = 16;
 /// Length of the big-endian size prefix before each message of a protobuf stream.
 const FRAME_PREFIX_LEN: usize = 4;
 /// Exit status when the decisions differ from `--expect`.
@@ -116,6 +118,7 @@ struct Replay {
     /// Every decision so far, by trace id (so the output is sorted).
     decided: BTreeMap<TraceId, Line>,
     spans: u64,
+    rejected_spans: u64,
     late_spans: u64,
     decided_early: u64,
     first_time: Option<u64>,
@@ -125,6 +128,7 @@ impl Replay {
     /// Replays one encoded `ExportTraceServiceRequest`.
     fn request(&mut self, body: &[u8]) -> anyhow::Result<()> {
         let request = parse_request(body)?;
+        self.rejected_spans += request.rejected; // invalid ids, refused as the sidecar does
         let Some(arrival) = request.spans.iter().map(|s| s.info.end_unix_nano).max() else {
             return Ok(());
         };
@@ -167,7 +171,8 @@ impl Replay {
             self.apply(&answer)?;
             if self.next_due != 0 && self.next_due <= due {
                 bail!(
-                    "the guest reports a trace due at {due} but did not decide it at tick({due})"
+                    "after tick({due}) the guest still asks for a tick at {}",
+                    self.next_due
                 );
             }
         }
@@ -181,15 +186,15 @@ impl Replay {
         if over == 0 {
             return Ok(());
         }
-        let mut ids = Vec::with_capacity(over * 16);
-        while ids.len() < over * 16 {
+        let mut ids = Vec::with_capacity(over * TRACE_ID_LEN);
+        while ids.len() < over * TRACE_ID_LEN {
             match self.arrival.pop_front() {
                 Some(id) if self.pending.contains(&id) => ids.extend_from_slice(&id.0),
                 Some(_) => {}
                 None => break,
             }
         }
-        self.decided_early += (ids.len() / 16) as u64;
+        self.decided_early += (ids.len() / TRACE_ID_LEN) as u64;
         let answer = self.guest.decide_now(&ids, self.now)?;
         self.apply(&answer)
     }
@@ -388,6 +393,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         num_traces: num_traces.map_or(DEFAULT_NUM_TRACES, |n| n as usize).max(1),
         decided: BTreeMap::new(),
         spans: 0,
+        rejected_spans: 0,
         late_spans: 0,
         decided_early: 0,
         first_time: None,
@@ -429,11 +435,12 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         .count();
     eprintln!(
         "replayed {} spans in {requests} requests, {:.1} s of recorded time: {} traces, {kept} \
-         sampled, {} late spans, {} traces decided early (num_traces); {:.3} s",
+         sampled, {} late spans, {} spans rejected, {} traces decided early (num_traces); {:.3} s",
         replay.spans,
         recorded as f64 / 1e9,
         replay.decided.len(),
         replay.late_spans,
+        replay.rejected_spans,
         replay.decided_early,
         started.elapsed().as_secs_f64()
     );
