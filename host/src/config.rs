@@ -339,6 +339,7 @@ pub struct GuestSection {
     pub retry_max_interval: Option<Duration>,
 }
 
+#[cfg(feature = "runtime")]
 impl GuestSection {
     /// Checks the values against their bounds, naming the key.
     pub fn check(&self) -> Result<(), ConfigError> {
@@ -531,6 +532,7 @@ impl Config {
             )));
         }
         self.host_tail_sampling()?;
+        #[cfg(feature = "runtime")]
         self.guest.check()?;
         Ok(())
     }

@@ -168,7 +168,7 @@ fn parse_resource_spans<'a>(rs: &'a [u8], out: &mut ParsedRequest<'a>) -> Result
         match f.number {
             RS_SCOPE_SPANS => scopes.push(f.bytes()?),
             RS_RESOURCE => {
-                check_attribute_holder(f.bytes()?, RESOURCE_ATTRIBUTES)?;
+                check_resource(f.bytes()?)?;
                 resource_fields.extend_from_slice(f.raw);
             }
             3 => {
@@ -264,7 +264,7 @@ fn parse_span(bytes: &[u8]) -> Result<SpanInfo<'_>, SpanReject> {
             sf::KIND => info.kind = u8::try_from(f.varint()?).unwrap_or(u8::MAX),
             sf::START => info.start_unix_nano = f.fixed64()?,
             sf::END => info.end_unix_nano = f.fixed64()?,
-            sf::ATTRIBUTES => check_key_value(f.bytes()?, 0)?,
+            sf::ATTRIBUTES => check_key_value(f.bytes()?, LEVEL_SPAN + 1)?,
             sf::DROPPED_ATTRIBUTES | sf::DROPPED_EVENTS | sf::DROPPED_LINKS => {
                 f.varint()?;
             }
@@ -308,11 +308,47 @@ fn parse_status(b: &[u8]) -> Result<u8, WireError> {
     Ok(code)
 }
 
-fn check_attribute_holder(b: &[u8], attributes_field: u32) -> Result<(), WireError> {
+// Nesting levels of the messages that carry attributes, counted as prost counts them: the
+// request is level 0, a `ResourceSpans` 1, a `Resource` or `ScopeSpans` 2, a scope or `Span` 3,
+// an event or link 4. A message deeper than `MAX_NESTING` is refused, so everything accepted (and
+// forwarded) also decodes in a downstream prost-based receiver.
+const LEVEL_RESOURCE: usize = 2;
+const LEVEL_SCOPE: usize = 3;
+const LEVEL_SPAN: usize = 3;
+const LEVEL_EVENT: usize = 4;
+
+// Field numbers of the common and resource protos that the walker checks.
+const RESOURCE_DROPPED_ATTRIBUTES: u32 = 2;
+const RESOURCE_ENTITY_REFS: u32 = 3;
+const KEY_VALUE_KEY: u32 = 1;
+const KEY_VALUE_VALUE: u32 = 2;
+const KEY_VALUE_KEY_STRINDEX: u32 = 3;
+
+/// Checks a field whose type is a varint (integers, enums, bools).
+fn check_varint(f: &Field<'_>) -> Result<(), WireError> {
+    f.varint().map(|_| ())
+}
+
+/// Checks a `Resource` message at `LEVEL_RESOURCE`.
+fn check_resource(b: &[u8]) -> Result<(), WireError> {
     for f in Fields::new(b) {
         let f = f?;
-        if f.number == attributes_field {
-            check_key_value(f.bytes()?, 0)?;
+        match f.number {
+            RESOURCE_ATTRIBUTES => check_key_value(f.bytes()?, LEVEL_RESOURCE + 1)?,
+            RESOURCE_DROPPED_ATTRIBUTES => check_varint(&f)?,
+            RESOURCE_ENTITY_REFS => check_entity_ref(f.bytes()?)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks an `EntityRef` (schema_url, type, id_keys, description_keys: all strings).
+fn check_entity_ref(b: &[u8]) -> Result<(), WireError> {
+    for f in Fields::new(b) {
+        let f = f?;
+        if (1..=4).contains(&f.number) {
+            f.str()?;
         }
     }
     Ok(())
@@ -325,7 +361,8 @@ fn check_scope(b: &[u8]) -> Result<(), WireError> {
             1 | 2 => {
                 f.str()?;
             }
-            SCOPE_ATTRIBUTES => check_key_value(f.bytes()?, 0)?,
+            SCOPE_ATTRIBUTES => check_key_value(f.bytes()?, LEVEL_SCOPE + 1)?,
+            4 => check_varint(&f)?, // dropped_attributes_count
             _ => {}
         }
     }
@@ -342,7 +379,8 @@ fn check_event(b: &[u8]) -> Result<(), WireError> {
             2 => {
                 f.str()?;
             }
-            3 => check_key_value(f.bytes()?, 0)?,
+            3 => check_key_value(f.bytes()?, LEVEL_EVENT + 1)?,
+            4 => check_varint(&f)?, // dropped_attributes_count
             _ => {}
         }
     }
@@ -359,7 +397,8 @@ fn check_link(b: &[u8]) -> Result<(), WireError> {
             3 => {
                 f.str()?;
             }
-            4 => check_key_value(f.bytes()?, 0)?,
+            4 => check_key_value(f.bytes()?, LEVEL_EVENT + 1)?,
+            5 => check_varint(&f)?, // dropped_attributes_count
             6 => {
                 f.fixed32()?;
             }
@@ -369,27 +408,28 @@ fn check_link(b: &[u8]) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Checks a `KeyValue` message.
-pub(crate) fn check_key_value(b: &[u8], depth: usize) -> Result<(), WireError> {
-    if depth > MAX_NESTING {
+/// Checks a `KeyValue` message at nesting `level`.
+fn check_key_value(b: &[u8], level: usize) -> Result<(), WireError> {
+    if level > MAX_NESTING {
         return Err(WireError::TooDeep);
     }
     for f in Fields::new(b) {
         let f = f?;
         match f.number {
-            1 => {
+            KEY_VALUE_KEY => {
                 f.str()?;
             }
-            2 => check_any_value(f.bytes()?, depth + 1)?,
+            KEY_VALUE_VALUE => check_any_value(f.bytes()?, level + 1)?,
+            KEY_VALUE_KEY_STRINDEX => check_varint(&f)?,
             _ => {}
         }
     }
     Ok(())
 }
 
-/// Checks an `AnyValue` message.
-fn check_any_value(b: &[u8], depth: usize) -> Result<(), WireError> {
-    if depth > MAX_NESTING {
+/// Checks an `AnyValue` message at nesting `level`.
+fn check_any_value(b: &[u8], level: usize) -> Result<(), WireError> {
+    if level > MAX_NESTING {
         return Err(WireError::TooDeep);
     }
     for f in Fields::new(b) {
@@ -398,27 +438,25 @@ fn check_any_value(b: &[u8], depth: usize) -> Result<(), WireError> {
             1 => {
                 f.str()?;
             }
-            2 | 3 => {
-                f.varint()?;
-            }
+            2 | 3 | 8 => check_varint(&f)?, // bool, int, string_value_strindex
             4 => {
                 f.fixed64()?;
             }
-            5 => {
-                // ArrayValue { repeated AnyValue values = 1 }
-                for v in Fields::new(f.bytes()?) {
-                    let v = v?;
-                    if v.number == 1 {
-                        check_any_value(v.bytes()?, depth + 2)?;
-                    }
+            5 | 6 => {
+                // ArrayValue { repeated AnyValue values = 1 } or
+                // KeyValueList { repeated KeyValue values = 1 }, one level down.
+                let list = f.bytes()?;
+                if level + 1 > MAX_NESTING {
+                    return Err(WireError::TooDeep);
                 }
-            }
-            6 => {
-                // KeyValueList { repeated KeyValue values = 1 }
-                for v in Fields::new(f.bytes()?) {
+                for v in Fields::new(list) {
                     let v = v?;
                     if v.number == 1 {
-                        check_key_value(v.bytes()?, depth + 2)?;
+                        if f.number == 5 {
+                            check_any_value(v.bytes()?, level + 2)?;
+                        } else {
+                            check_key_value(v.bytes()?, level + 2)?;
+                        }
                     }
                 }
             }
@@ -564,5 +602,176 @@ mod tests {
             parse_request(&body).unwrap_err(),
             RequestError::Wire(WireError::TooDeep)
         );
+    }
+
+    /// Builds a request whose only span carries `attr`, whose resource carries `resource_attr`
+    /// and whose span's event carries `event_attr`.
+    fn request_with(attr: KeyValue, resource_attr: KeyValue, event_attr: KeyValue) -> Vec<u8> {
+        let mut s = span(1, 2, None);
+        s.attributes.push(attr);
+        s.events
+            .push(opentelemetry_proto::tonic::trace::v1::span::Event {
+                name: "e".into(),
+                attributes: vec![event_attr],
+                ..Default::default()
+            });
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![resource_attr],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![s],
+                    ..Default::default()
+                }],
+                schema_url: String::new(),
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    fn nested_array(depth: usize) -> AnyValue {
+        let mut v = AnyValue {
+            value: Some(any_value::Value::IntValue(1)),
+        };
+        for _ in 0..depth {
+            v = AnyValue {
+                value: Some(any_value::Value::ArrayValue(
+                    opentelemetry_proto::tonic::common::v1::ArrayValue { values: vec![v] },
+                )),
+            };
+        }
+        v
+    }
+
+    fn attr(key: &str, value: AnyValue) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            key_strindex: 0,
+            value: Some(value),
+        }
+    }
+
+    /// Found by fuzzing: whatever the walker accepts is forwarded, so it must decode in a
+    /// prost-based receiver downstream; the walker's nesting limit is prost's, counted from the
+    /// request, for span, resource and event attributes alike.
+    #[test]
+    fn nesting_limit_is_prosts() {
+        let plain = || attr("p", nested_array(0));
+        for depth in 40..52 {
+            let deep = || attr("deep", nested_array(depth));
+            for (where_, body) in [
+                ("span", request_with(deep(), plain(), plain())),
+                ("resource", request_with(plain(), deep(), plain())),
+                ("event", request_with(plain(), plain(), deep())),
+            ] {
+                let ours = parse_request(&body);
+                let prost = ExportTraceServiceRequest::decode(body.as_slice());
+                assert_eq!(
+                    ours.is_ok(),
+                    prost.is_ok(),
+                    "{where_} attribute nested {depth} arrays deep: walker {:?}, prost {:?}",
+                    ours.err(),
+                    prost.err()
+                );
+                if let Err(e) = ours {
+                    assert_eq!(e, RequestError::Wire(WireError::TooDeep));
+                }
+            }
+        }
+    }
+
+    /// Found by fuzzing: known fields with the wrong wire type that the walker used to skip
+    /// (prost refuses them, so a downstream receiver would refuse the whole export request).
+    #[test]
+    fn known_fields_with_the_wrong_wire_type_are_refused() {
+        use crate::otlp::wire::{put_len_field, put_varint_field};
+        let kv_with = |extra: &[u8]| {
+            let mut kv = Vec::new();
+            put_len_field(&mut kv, 1, b"k");
+            kv.extend_from_slice(extra);
+            kv
+        };
+        let mut len3 = Vec::new();
+        put_len_field(&mut len3, 3, b"x");
+        let mut len8 = Vec::new();
+        put_len_field(&mut len8, 8, b"x");
+        let mut value = Vec::new();
+        put_len_field(&mut value, 2, &len8);
+        let mut len4 = Vec::new();
+        put_len_field(&mut len4, 4, b"x");
+        let mut len5 = Vec::new();
+        put_len_field(&mut len5, 5, b"x");
+        let mut bad_entity = Vec::new();
+        put_len_field(&mut bad_entity, 2, b"\xff");
+        let mut entity_field = Vec::new();
+        put_len_field(&mut entity_field, 3, &bad_entity);
+        let mut varint_entity = Vec::new();
+        put_varint_field(&mut varint_entity, 3, 1);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("KeyValue.key_strindex", span_with_field(9, &kv_with(&len3))),
+            (
+                "AnyValue.string_value_strindex",
+                span_with_field(9, &kv_with(&value)),
+            ),
+            ("Event.dropped_attributes_count", span_with_field(11, &len4)),
+            ("Link.dropped_attributes_count", span_with_field(13, &len5)),
+            (
+                "Resource.dropped_attributes_count",
+                resource_with(&{
+                    let mut r = Vec::new();
+                    put_len_field(&mut r, 2, b"x");
+                    r
+                }),
+            ),
+            (
+                "Resource.entity_refs (varint)",
+                resource_with(&varint_entity),
+            ),
+            ("EntityRef.type (not UTF-8)", resource_with(&entity_field)),
+            (
+                "InstrumentationScope.dropped_attributes_count",
+                scope_with(&len4),
+            ),
+        ];
+        for (what, body) in cases {
+            assert!(
+                ExportTraceServiceRequest::decode(body.as_slice()).is_err(),
+                "{what}: prost accepts the case, so it tests nothing"
+            );
+            assert!(parse_request(&body).is_err(), "{what} accepted");
+        }
+    }
+
+    /// A request whose one span has `payload` appended as field `field` (a length-delimited
+    /// field: the cases put the wrong type inside it, or it is itself the wrong type).
+    fn span_with_field(field: u32, payload: &[u8]) -> Vec<u8> {
+        let mut s = span(1, 2, None).encode_to_vec();
+        crate::otlp::wire::put_len_field(&mut s, field, payload);
+        wrap(&s, &[], &[])
+    }
+
+    fn resource_with(resource: &[u8]) -> Vec<u8> {
+        wrap(&span(1, 2, None).encode_to_vec(), resource, &[])
+    }
+
+    fn scope_with(scope: &[u8]) -> Vec<u8> {
+        wrap(&span(1, 2, None).encode_to_vec(), &[], scope)
+    }
+
+    /// `ExportTraceServiceRequest { resource_spans: [{ resource, scope_spans: [{ scope, spans:
+    /// [span] }] }] }` from encoded parts.
+    fn wrap(span: &[u8], resource: &[u8], scope: &[u8]) -> Vec<u8> {
+        use crate::otlp::wire::put_len_field;
+        let mut ss = Vec::new();
+        put_len_field(&mut ss, 1, scope);
+        put_len_field(&mut ss, 2, span);
+        let mut rs = Vec::new();
+        put_len_field(&mut rs, 1, resource);
+        put_len_field(&mut rs, 2, &ss);
+        let mut req = Vec::new();
+        put_len_field(&mut req, 1, &rs);
+        req
     }
 }

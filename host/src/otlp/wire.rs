@@ -202,6 +202,11 @@ pub fn read_varint(buf: &mut &[u8]) -> Result<u64, WireError> {
             return Err(WireError::Truncated);
         };
         *buf = rest;
+        // As in prost and Go's protobuf, the tenth byte may only carry the 64th bit: a varint
+        // worth more than 64 bits is malformed, not silently truncated.
+        if i == 9 && b > 1 {
+            return Err(WireError::BadVarint);
+        }
         value |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
             return Ok(value);
@@ -260,6 +265,21 @@ mod tests {
         }
         let mut s: &[u8] = &[0xff; 11];
         assert_eq!(read_varint(&mut s), Err(WireError::BadVarint));
+    }
+
+    /// Found by fuzzing: a ten-byte varint whose last byte is above 1 is worth more than 64 bits;
+    /// prost refuses it (so a downstream receiver would refuse the forwarded span), and so must
+    /// the walker.
+    #[test]
+    fn varints_over_64_bits_are_malformed() {
+        let mut max: &[u8] = &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(read_varint(&mut max), Ok(u64::MAX));
+        for last in [0x02u8, 0x09, 0x7f] {
+            let mut bytes = [0xffu8; 10];
+            bytes[9] = last;
+            let mut s: &[u8] = &bytes;
+            assert_eq!(read_varint(&mut s), Err(WireError::BadVarint), "{last:#x}");
+        }
     }
 
     #[test]

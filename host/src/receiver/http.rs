@@ -5,8 +5,6 @@
 //! for a body over `max_request_body_size` (before or after decompression); 415 for another
 //! content type or encoding; 404/405 for other paths and methods; 503 while shutting down.
 
-use std::io::Read;
-
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
@@ -16,6 +14,7 @@ use axum::routing::post;
 use bytes::Bytes;
 use prost::Message;
 
+use super::gzip::{GunzipError, gunzip_limited};
 use super::{Ingest, IngestError};
 use crate::otlp::json::{json_to_protobuf, response};
 use crate::shutdown::Shutdown;
@@ -130,22 +129,11 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         "" | "identity" => raw,
         "gzip" => match gunzip_limited(&raw, state.max_body) {
             Ok(b) => Bytes::from(b),
-            Err(Gunzip::TooLarge) => {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Some(format),
-                    format!(
-                        "decompressed request body over the limit of {} bytes",
-                        state.max_body
-                    ),
-                );
+            Err(e @ GunzipError::TooLarge(_)) => {
+                return error(StatusCode::PAYLOAD_TOO_LARGE, Some(format), e.to_string());
             }
-            Err(Gunzip::Corrupt(e)) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    Some(format),
-                    format!("invalid gzip body: {e}"),
-                );
+            Err(e @ GunzipError::Corrupt(_)) => {
+                return error(StatusCode::BAD_REQUEST, Some(format), e.to_string());
             }
         },
         other => {
@@ -188,24 +176,6 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     }
 }
 
-#[derive(Debug)]
-enum Gunzip {
-    TooLarge,
-    Corrupt(std::io::Error),
-}
-
-/// Inflates at most `limit` bytes; a body that would inflate further is refused, so a gzip
-/// bomb costs at most `limit` bytes of memory.
-fn gunzip_limited(data: &[u8], limit: usize) -> Result<Vec<u8>, Gunzip> {
-    let mut out = Vec::new();
-    let mut decoder = flate2::read::MultiGzDecoder::new(data).take(limit as u64 + 1);
-    decoder.read_to_end(&mut out).map_err(Gunzip::Corrupt)?;
-    if out.len() > limit {
-        return Err(Gunzip::TooLarge);
-    }
-    Ok(out)
-}
-
 /// The router: `POST /v1/traces`, 405 for other methods on it, 404 elsewhere.
 pub fn router(ingest: Ingest, max_body: usize) -> Router {
     Router::new()
@@ -231,25 +201,4 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.wait())
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn gunzip_stops_at_the_limit() {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        enc.write_all(&vec![0u8; 1 << 20]).unwrap();
-        let bomb = enc.finish().unwrap();
-        assert!(bomb.len() < 4096);
-        assert!(matches!(gunzip_limited(&bomb, 1000), Err(Gunzip::TooLarge)));
-        assert_eq!(gunzip_limited(&bomb, 1 << 20).unwrap().len(), 1 << 20);
-        assert!(matches!(
-            gunzip_limited(b"not gzip", 1000),
-            Err(Gunzip::Corrupt(_))
-        ));
-    }
 }
