@@ -8,15 +8,16 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, DEFAULT_SHUTDOWN_TIMEOUT, resolve};
+use crate::config::{Config, DEFAULT_EXPORTER_UNHEALTHY_AFTER, DEFAULT_SHUTDOWN_TIMEOUT, resolve};
 use crate::export::{self, Exporter};
 use crate::guest::{GuestLimits, GuestModule};
 use crate::receiver::{self, Ingest};
 use crate::shutdown;
 use crate::telemetry::{self, Health, Metrics};
 use crate::worker::{
-    DEFAULT_NON_SAMPLED_CACHE, DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE, FaultPolicy,
-    INGEST_QUEUE_LEN, TICK_INTERVAL, Worker, WorkerMsg, WorkerSettings,
+    DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_NON_SAMPLED_CACHE, DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE,
+    FaultPolicy, INGEST_QUEUE_LEN, Reload, TICK_INTERVAL, WORKER_STACK_MARGIN, Worker, WorkerMsg,
+    WorkerSettings,
 };
 
 /// Loads the guest a config and an optional `--guest` name, with the config's limits.
@@ -33,11 +34,61 @@ pub fn validate(config: &Config, guest: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the sidecar until SIGINT or SIGTERM, then drains.
+/// The worker's settings from a configuration.
+pub fn worker_settings(config: &Config) -> anyhow::Result<WorkerSettings> {
+    let host_ts = config.host_tail_sampling()?;
+    Ok(WorkerSettings {
+        guest_config: config.guest_json(),
+        num_traces: host_ts
+            .num_traces
+            .map(|n| n as usize)
+            .unwrap_or(DEFAULT_NUM_TRACES)
+            .max(1),
+        memory_limit_bytes: usize::try_from(
+            host_ts
+                .memory_limit_mib
+                .unwrap_or(DEFAULT_MEMORY_LIMIT_MIB)
+                .max(1)
+                .saturating_mul(1 << 20),
+        )
+        .unwrap_or(usize::MAX),
+        block_on_overflow: host_ts.block_on_overflow,
+        sampled_cache: host_ts
+            .decision_cache
+            .sampled_cache_size
+            .unwrap_or(DEFAULT_SAMPLED_CACHE),
+        non_sampled_cache: host_ts
+            .decision_cache
+            .non_sampled_cache_size
+            .unwrap_or(DEFAULT_NON_SAMPLED_CACHE),
+        drop_pending_on_shutdown: host_ts.drop_pending_traces_on_shutdown,
+        faults: FaultPolicy::from_section(&config.guest),
+    })
+}
+
+/// Runs the sidecar until SIGINT or SIGTERM, then drains. SIGHUP only logs a warning (no file
+/// to re-read); see [`run_with_reload`].
 pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
+    run_with_reload(config, None, guest).await
+}
+
+/// Runs the sidecar until SIGINT or SIGTERM, then drains; on SIGHUP re-reads `config_path` and
+/// switches the worker to the new guest configuration (see [`reload`]).
+pub async fn run_with_reload(
+    config: Config,
+    config_path: Option<&Path>,
+    guest: Option<&Path>,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    let host_ts = config.host_tail_sampling()?;
+    health.set_export_unhealthy_after(
+        config
+            .extensions
+            .health_check
+            .as_ref()
+            .and_then(|h| h.exporter_unhealthy_after)
+            .unwrap_or(DEFAULT_EXPORTER_UNHEALTHY_AFTER),
+    );
 
     let (telemetry_stop, telemetry_shutdown) = shutdown::pair();
     let health_addr = resolve(
@@ -63,25 +114,9 @@ pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
         exporter = exporter.name(),
         "starting"
     );
-    let (export_tx, export_task) = export::spawn(exporter, Arc::clone(&metrics));
-    let settings = WorkerSettings {
-        guest_config: config.guest_json(),
-        num_traces: host_ts
-            .num_traces
-            .map(|n| n as usize)
-            .unwrap_or(DEFAULT_NUM_TRACES)
-            .max(1),
-        sampled_cache: host_ts
-            .decision_cache
-            .sampled_cache_size
-            .unwrap_or(DEFAULT_SAMPLED_CACHE),
-        non_sampled_cache: host_ts
-            .decision_cache
-            .non_sampled_cache_size
-            .unwrap_or(DEFAULT_NON_SAMPLED_CACHE),
-        drop_pending_on_shutdown: host_ts.drop_pending_traces_on_shutdown,
-        faults: FaultPolicy::from_section(&config.guest),
-    };
+    let (export_tx, export_task) =
+        export::spawn(exporter, Arc::clone(&metrics), Arc::clone(&health));
+    let settings = worker_settings(&config)?;
     let (worker, interest) = Worker::new(
         module,
         settings,
@@ -92,10 +127,12 @@ pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
     .context("configuring the guest")?;
     let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE_LEN);
     let due = worker.due();
+    let pressure = worker.pressure();
+    let worker_stack = worker.thread_stack_size();
     let worker_health = Arc::clone(&health);
     let worker_thread = std::thread::Builder::new()
         .name("tracekeeper-worker".into())
-        .stack_size(worker.thread_stack_size())
+        .stack_size(worker_stack)
         .spawn(move || {
             let run = std::panic::AssertUnwindSafe(|| worker.run(ingest_rx));
             if std::panic::catch_unwind(run).is_err() {
@@ -110,7 +147,7 @@ pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
     let (clock_stop, clock_shutdown) = shutdown::pair();
     let clock_task = tokio::spawn(clock(due, ingest_tx.clone(), clock_shutdown));
     let control = ingest_tx.clone();
-    let ingest = Ingest::new(ingest_tx, interest, Arc::clone(&metrics));
+    let ingest = Ingest::new(ingest_tx, interest, Arc::clone(&metrics)).with_pressure(pressure);
 
     let (receivers_stop, receivers_shutdown) = shutdown::pair();
     let mut servers = Vec::new();
@@ -144,7 +181,12 @@ pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
     health.set_ready(true);
     tracing::info!(%health_addr, %metrics_addr, "tracekeeper ready");
 
-    wait_for_signal().await;
+    while let Signal::Reload = wait_for_signal().await {
+        match config_path {
+            Some(path) => reload(path, guest, worker_stack, &control).await,
+            None => tracing::warn!("SIGHUP: no --config file to re-read (embedded default config)"),
+        }
+    }
     tracing::info!("shutting down: no new spans accepted, deciding what is pending");
     health.set_ready(false);
     receivers_stop.trigger();
@@ -181,6 +223,62 @@ pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Re-reads the configuration file and hands the worker the new guest and settings. Reloaded:
+/// the processors (`tail_sampling`, `completeness`), the host keys of `tail_sampling` (except
+/// `decision_cache`) and the `guest` section; receivers, exporters, extensions and service need a
+/// restart. A file that does not read, parse or check, a guest that does not load, or (in the
+/// worker) a configuration the guest refuses is logged as an error and the running configuration
+/// stays.
+async fn reload(
+    path: &Path,
+    guest: Option<&Path>,
+    worker_stack: usize,
+    control: &mpsc::Sender<WorkerMsg>,
+) {
+    tracing::info!(config = %path.display(), "SIGHUP: re-reading the configuration");
+    // Reading and compiling the guest is blocking work: off the runtime's threads.
+    let (file, guest_path) = (path.to_path_buf(), guest.map(Path::to_path_buf));
+    let prepared = tokio::task::spawn_blocking(move || {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let config = Config::parse(&text)?;
+        let settings = worker_settings(&config)?;
+        anyhow::Ok((load_guest(&config, guest_path.as_deref())?, settings))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("loading the new configuration failed: {e}"))
+    .and_then(|r| r);
+    let (module, settings) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(
+                config = %path.display(),
+                "reload rejected: {e:#}; keeping the running configuration"
+            );
+            return;
+        }
+    };
+    let needs = module
+        .limits()
+        .max_wasm_stack_bytes
+        .saturating_add(WORKER_STACK_MARGIN);
+    if needs > worker_stack {
+        tracing::error!(
+            "reload rejected: guest.max_wasm_stack needs a worker stack of {needs} bytes, the \
+             running worker has {worker_stack}; restart to raise it"
+        );
+        return;
+    }
+    tracing::info!("reload: receivers, exporters, extensions and service are not reloaded");
+    if control
+        .send(WorkerMsg::Reload(Box::new(Reload { module, settings })))
+        .await
+        .is_err()
+    {
+        tracing::error!("reload: the worker has stopped");
+    }
+}
+
 /// Wakes the worker when the next trace is due (the worker has no timer of its own: it blocks on
 /// its queue). A tick that finds the queue full is skipped: the worker checks the clock after
 /// every batch anyway.
@@ -204,27 +302,39 @@ async fn clock(due: Arc<AtomicU64>, tx: mpsc::Sender<WorkerMsg>, shutdown: shutd
     }
 }
 
-async fn wait_for_signal() {
+/// What a signal asks for.
+enum Signal {
+    /// SIGTERM or SIGINT: drain and stop.
+    Stop,
+    /// SIGHUP: re-read the configuration.
+    Reload,
+}
+
+async fn wait_for_signal() -> Signal {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) {
-            (Ok(mut term), Ok(mut int)) => {
+            (Ok(mut term), Ok(mut int), Ok(mut hup)) => {
                 tokio::select! {
-                    _ = term.recv() => {},
-                    _ = int.recv() => {},
+                    _ = term.recv() => Signal::Stop,
+                    _ = int.recv() => Signal::Stop,
+                    _ = hup.recv() => Signal::Reload,
                 }
             }
             _ => {
                 let _ = tokio::signal::ctrl_c().await;
+                Signal::Stop
             }
         }
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+        Signal::Stop
     }
 }

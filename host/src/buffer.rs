@@ -163,6 +163,34 @@ impl TraceBuffer {
         out
     }
 
+    /// The oldest traces whose removal brings the buffer within `max_traces` traces and
+    /// `max_bytes` bytes (for early decisions when the buffer is full); empty when within.
+    pub fn oldest_over(&mut self, max_traces: usize, max_bytes: usize) -> Vec<TraceId> {
+        let mut traces = self.traces.len();
+        let mut bytes = self.bytes;
+        let mut out = Vec::new();
+        if traces <= max_traces && bytes <= max_bytes {
+            return out;
+        }
+        let mut popped = Vec::new();
+        while traces > max_traces || bytes > max_bytes {
+            let Some(id) = self.order.pop_front() else {
+                break;
+            };
+            popped.push(id);
+            if let Some(e) = self.traces.get(&id) {
+                traces -= 1;
+                bytes = bytes.saturating_sub(e.memory());
+                out.push(id);
+            }
+        }
+        // Put them back: they stay in order until actually removed.
+        for id in popped.into_iter().rev() {
+            self.order.push_front(id);
+        }
+        out
+    }
+
     /// Drops order entries of traces already removed, when they pile up.
     pub fn compact(&mut self) {
         if self.order.len() > 2 * self.traces.len() + 1024 {
@@ -261,6 +289,26 @@ mod tests {
         let spans: Vec<_> = e.spans().map(|(_, s)| s.to_vec()).collect();
         assert_eq!(spans, vec![b"aa".to_vec(), b"bbb".to_vec()]);
         assert_eq!(b.oldest(5), vec![TraceId([2; 16])]);
+    }
+
+    #[test]
+    fn oldest_over_meets_both_limits() {
+        let g = group();
+        let mut b = TraceBuffer::new();
+        for i in 1..=4u8 {
+            b.push(TraceId([i; 16]), &g, &[0u8; 100]);
+        }
+        assert!(b.oldest_over(4, usize::MAX).is_empty());
+        assert_eq!(
+            b.oldest_over(2, usize::MAX),
+            vec![TraceId([1; 16]), TraceId([2; 16])]
+        );
+        let per_trace = b.get(&TraceId([1; 16])).unwrap().memory();
+        // Bytes for a bit more than one trace: the three oldest go.
+        assert_eq!(b.oldest_over(10, per_trace + 1).len(), 3);
+        // Nothing was removed by asking.
+        assert_eq!(b.len(), 4);
+        assert_eq!(b.oldest(1), vec![TraceId([1; 16])]);
     }
 
     #[test]

@@ -243,12 +243,20 @@ pub struct HealthCheck {
     /// Listen address.
     #[serde(default = "default_health_endpoint")]
     pub endpoint: String,
+    /// Answer 503 once every export attempt has failed for longer than this
+    /// (default [`DEFAULT_EXPORTER_UNHEALTHY_AFTER`]).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub exporter_unhealthy_after: Option<Duration>,
 }
+
+/// Default `extensions.health_check.exporter_unhealthy_after`.
+pub const DEFAULT_EXPORTER_UNHEALTHY_AFTER: Duration = Duration::from_secs(60);
 
 impl Default for HealthCheck {
     fn default() -> Self {
         HealthCheck {
             endpoint: default_health_endpoint(),
+            exporter_unhealthy_after: None,
         }
     }
 }
@@ -403,7 +411,18 @@ pub struct HostTailSampling {
     /// Drop instead of decide on shutdown.
     #[serde(default)]
     pub drop_pending_traces_on_shutdown: bool,
+    /// When the buffer is full, refuse new spans with a retryable error (gRPC UNAVAILABLE,
+    /// HTTP 503) instead of deciding the oldest traces early.
+    #[serde(default)]
+    pub block_on_overflow: bool,
+    /// Most memory (MiB) buffered spans may hold (a host key: not passed to the guest).
+    #[serde(default)]
+    pub memory_limit_mib: Option<u64>,
 }
+
+/// Keys of `processors.tail_sampling` only the host reads; they are removed from the guest's
+/// configuration.
+pub const HOST_ONLY_TAIL_SAMPLING_KEYS: [&str; 1] = ["memory_limit_mib"];
 
 /// `processors.tail_sampling.decision_cache`
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -549,10 +568,18 @@ impl Config {
     /// The JSON handed to the guest's `configure`.
     pub fn guest_json(&self) -> String {
         if self.processors.is_null() {
-            "{}".to_string()
-        } else {
-            self.processors.to_string()
+            return "{}".to_string();
         }
+        let mut processors = self.processors.clone();
+        if let Some(ts) = processors
+            .get_mut("tail_sampling")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            for key in HOST_ONLY_TAIL_SAMPLING_KEYS {
+                ts.remove(key);
+            }
+        }
+        processors.to_string()
     }
 
     /// The keys of `processors.tail_sampling` the host uses.

@@ -8,6 +8,7 @@
 
 #[cfg(feature = "runtime")]
 pub mod app;
+pub mod backpressure;
 pub mod buffer;
 pub mod completeness_metrics;
 pub mod config;

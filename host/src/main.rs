@@ -85,7 +85,11 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            rt.block_on(tracekeeper::app::run(cfg, guest.as_deref()))
+            rt.block_on(tracekeeper::app::run_with_reload(
+                cfg,
+                config.as_deref(),
+                guest.as_deref(),
+            ))
         })(),
         Command::Validate { config, guest } => (|| {
             let cfg = load(Some(&config))?;

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -12,6 +13,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::completeness_metrics::CompletenessMetrics;
@@ -45,6 +47,25 @@ pub struct KindLabel {
     /// `trap`, `timeout`, `memory` or `bad_answer`.
     pub kind: &'static str,
 }
+
+/// Label set `{queue}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    /// `ingest` (receivers to worker) or `export` (worker to exporter).
+    pub queue: &'static str,
+}
+
+/// Label set `{outcome}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `success` or `failed` (a permanent error: the request is dropped).
+    pub outcome: &'static str,
+}
+
+/// Upper bounds (seconds) of the decision latency histogram's buckets.
+pub const DECISION_LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// Label set `{root_service,root_name}`: a root span type.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,6 +136,20 @@ pub struct Metrics {
     pub completeness: CompletenessMetrics,
     /// `tracekeeper_guest_degraded` (1 while the guest keeps failing and every trace is kept)
     pub guest_degraded: Gauge,
+    /// `tracekeeper_requests_refused_total{reason}`: requests answered with a retryable error
+    /// because the pipeline was full (`buffer_full`, `queue_full`).
+    pub requests_refused: Family<ReasonLabel, Counter>,
+    /// `tracekeeper_buffered_span_bytes`: memory held by buffered spans.
+    pub buffered_bytes: Gauge,
+    /// `tracekeeper_queue_length{queue}`: items waiting in the ingest and export queues.
+    pub queue_length: Family<QueueLabel, Gauge>,
+    /// `tracekeeper_decision_latency_seconds`: from a trace's due time until its spans were
+    /// handed to the exporter's queue.
+    pub decision_latency: Histogram,
+    /// `tracekeeper_export_requests_total{outcome}`
+    pub export_requests: Family<OutcomeLabel, Counter>,
+    /// `tracekeeper_export_retries_total`: failed attempts that are retried.
+    pub export_retries: Counter,
 }
 
 impl Default for Metrics {
@@ -145,6 +180,12 @@ impl Metrics {
             oldest_unconsumed_age: Family::default(),
             completeness: CompletenessMetrics::default(),
             guest_degraded: Gauge::default(),
+            requests_refused: Family::default(),
+            buffered_bytes: Gauge::default(),
+            queue_length: Family::default(),
+            decision_latency: Histogram::new(DECISION_LATENCY_BUCKETS),
+            export_requests: Family::default(),
+            export_retries: Counter::default(),
         };
         registry.register(
             "spans_received",
@@ -221,6 +262,36 @@ impl Metrics {
             "Age of the oldest message no consumer span consumed yet",
             m.oldest_unconsumed_age.clone(),
         );
+        registry.register(
+            "requests_refused",
+            "Requests answered with a retryable error (gRPC UNAVAILABLE, HTTP 503) because the pipeline was full, by reason",
+            m.requests_refused.clone(),
+        );
+        registry.register(
+            "buffered_span_bytes",
+            "Memory held by buffered spans (compared with memory_limit_mib)",
+            m.buffered_bytes.clone(),
+        );
+        registry.register(
+            "queue_length",
+            "Items waiting in a queue: ingest (requests for the worker) or export (requests for the exporter)",
+            m.queue_length.clone(),
+        );
+        registry.register(
+            "decision_latency_seconds",
+            "Time from a trace's due time until its spans were handed to the exporter",
+            m.decision_latency.clone(),
+        );
+        registry.register(
+            "export_requests",
+            "Export requests finished, by outcome (success, or failed: a permanent error)",
+            m.export_requests.clone(),
+        );
+        registry.register(
+            "export_retries",
+            "Export attempts that failed with a retryable error and were retried",
+            m.export_retries.clone(),
+        );
         // Families appear in the exposition only once they have a series: create the known
         // ones at zero so dashboards and alerts see every name from the start.
         for protocol in ["grpc", "http"] {
@@ -228,6 +299,24 @@ impl Metrics {
         }
         for kind in ["trap", "timeout", "memory", "bad_answer"] {
             drop(m.guest_faults.get_or_create(&KindLabel { kind }));
+        }
+        for reason in [
+            "invalid",
+            "late_not_sampled",
+            "export_failed",
+            "exporter_stopped",
+            "shutdown",
+        ] {
+            drop(m.spans_dropped.get_or_create(&ReasonLabel { reason }));
+        }
+        for reason in ["buffer_full", "queue_full"] {
+            drop(m.requests_refused.get_or_create(&ReasonLabel { reason }));
+        }
+        for queue in ["ingest", "export"] {
+            drop(m.queue_length.get_or_create(&QueueLabel { queue }));
+        }
+        for outcome in ["success", "failed"] {
+            drop(m.export_requests.get_or_create(&OutcomeLabel { outcome }));
         }
         Metrics { registry, ..m }
     }
@@ -266,6 +355,10 @@ pub struct Health {
     ready: AtomicBool,
     /// Why the guest is degraded, while it is (set by the worker).
     degraded: std::sync::Mutex<Option<String>>,
+    /// Since when every export attempt has failed (set by the export task).
+    export_failing_since: std::sync::Mutex<Option<Instant>>,
+    /// How long the exporter may fail before health answers 503 (`None`: never).
+    export_unhealthy_after: std::sync::Mutex<Option<Duration>>,
 }
 
 impl Health {
@@ -291,6 +384,41 @@ impl Health {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
     }
+    /// Health answers 503 once the exporter has failed for longer than `after`.
+    pub fn set_export_unhealthy_after(&self, after: Duration) {
+        *self
+            .export_unhealthy_after
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(after);
+    }
+    /// Records an export attempt: a failure starts (or continues) the failing period, a
+    /// success ends it.
+    pub fn export_attempt(&self, ok: bool) {
+        let mut since = self
+            .export_failing_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if ok {
+            *since = None;
+        } else if since.is_none() {
+            *since = Some(Instant::now());
+        }
+    }
+    /// Why the exporter makes the process unhealthy, if it does: it has failed for longer than
+    /// the configured time.
+    pub fn export_unhealthy(&self) -> Option<String> {
+        let after = (*self
+            .export_unhealthy_after
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))?;
+        let since = (*self
+            .export_failing_since
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))?;
+        let failing = since.elapsed();
+        (failing > after)
+            .then(|| format!("the exporter has failed for {failing:.0?} (more than {after:?})"))
+    }
 }
 
 /// Serves `GET /` (health: 200 ready, 503 otherwise) on `health_addr` and `GET /metrics` on
@@ -312,7 +440,7 @@ pub async fn serve(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "{\"status\":\"Server not available\"}".to_string(),
                     )
-                } else if let Some(reason) = h.degraded() {
+                } else if let Some(reason) = h.degraded().or_else(|| h.export_unhealthy()) {
                     let body = serde_json::json!({"status": "Server degraded", "reason": reason});
                     (StatusCode::SERVICE_UNAVAILABLE, body.to_string())
                 } else {

@@ -52,6 +52,7 @@ use hashbrown::HashSet;
 use tokio::sync::mpsc;
 use tracekeeper_abi::{Decision, DecisionReader, TraceId};
 
+use crate::backpressure::Pressure;
 use crate::buffer::{Cached, DecisionCache, TraceBuffer};
 use crate::config::GuestSection;
 use crate::export::ExportRequest;
@@ -60,7 +61,7 @@ use crate::guest::{FaultCause, GuestError, GuestInstance, GuestModule};
 use crate::otlp::request::{Group, span_info};
 use crate::otlp::view::{Interest, ViewBuilder};
 use crate::tags::TraceTags;
-use crate::telemetry::{DecisionLabels, Health, KindLabel, Metrics};
+use crate::telemetry::{DecisionLabels, Health, KindLabel, Metrics, QueueLabel};
 
 /// Batches waiting for the worker.
 pub const INGEST_QUEUE_LEN: usize = 256;
@@ -70,6 +71,12 @@ pub const MAX_EXPORT_REQUEST_BYTES: usize = 4 << 20;
 pub const TICK_INTERVAL: Duration = Duration::from_millis(10);
 /// Default `num_traces` (the collector's).
 pub const DEFAULT_NUM_TRACES: usize = 50_000;
+/// Default `memory_limit_mib`: most memory buffered spans may hold.
+pub const DEFAULT_MEMORY_LIMIT_MIB: u64 = 1024;
+/// With `block_on_overflow`, the buffer may pass its limits by the batches already queued when
+/// the "full" flag went up; past this multiple of a limit the oldest traces are decided early
+/// anyway, so memory stays bounded.
+pub const OVERFLOW_HARD_LIMIT_FACTOR: usize = 2;
 /// Default decision cache sizes when `decision_cache` is not configured.
 pub const DEFAULT_SAMPLED_CACHE: usize = 100_000;
 /// See [`DEFAULT_SAMPLED_CACHE`].
@@ -111,6 +118,27 @@ pub enum WorkerMsg {
     Tick,
     /// Decide what is pending, export it, and stop.
     Shutdown,
+    /// Switch to a new guest and configuration (SIGHUP), keeping the buffered traces.
+    Reload(Box<Reload>),
+}
+
+/// A new guest and configuration for the worker. The worker configures an instance of the new
+/// guest; if that fails it logs the error and keeps the old one; otherwise it switches and
+/// replays the pending traces into the new instance, so they are decided by the new rules.
+pub struct Reload {
+    /// The (possibly new) guest component.
+    pub module: GuestModule,
+    /// The new settings (guest configuration, limits).
+    pub settings: WorkerSettings,
+}
+
+impl std::fmt::Debug for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reload")
+            .field("guest", &self.module.name())
+            .field("settings", &self.settings)
+            .finish()
+    }
 }
 
 /// What a receiver hands to the worker: the spans of one request and their views.
@@ -173,6 +201,10 @@ pub struct WorkerSettings {
     pub guest_config: String,
     /// Largest number of buffered traces before the oldest are decided early.
     pub num_traces: usize,
+    /// Most bytes buffered spans may hold before the oldest traces are decided early.
+    pub memory_limit_bytes: usize,
+    /// At a limit, refuse new spans (retryable) instead of deciding the oldest traces early.
+    pub block_on_overflow: bool,
     /// Decision cache sizes.
     pub sampled_cache: usize,
     /// See `sampled_cache`.
@@ -279,6 +311,10 @@ pub struct Worker {
     next_due: u64,
     /// When the worker wants a tick (next due trace, or the next re-try), for the clock task.
     due: Arc<AtomicU64>,
+    /// The "full" flag for the receivers (raised only with `block_on_overflow`).
+    pressure: Arc<Pressure>,
+    /// Decision latencies (seconds) waiting for their spans to be handed to the exporter.
+    latencies: Vec<f64>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -306,6 +342,12 @@ impl Worker {
     /// The next time the worker wants a tick (Unix ns, 0 = none), for the clock task.
     pub fn due(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.due)
+    }
+
+    /// The "full" flag the worker raises at its limits with `block_on_overflow`, for the
+    /// receivers.
+    pub fn pressure(&self) -> Arc<Pressure> {
+        Arc::clone(&self.pressure)
     }
 
     /// The native stack the worker thread needs: the guest's wasm stack limit plus
@@ -364,6 +406,8 @@ impl Worker {
             stopping: false,
             next_due: 0,
             due: Arc::new(AtomicU64::new(0)),
+            pressure: Arc::new(Pressure::default()),
+            latencies: Vec::new(),
         };
         Ok((w, interest))
     }
@@ -381,14 +425,71 @@ impl Worker {
                 WorkerMsg::Batch(batch) => self.ingest(batch),
                 WorkerMsg::Tick => {}
                 WorkerMsg::Shutdown => break,
+                WorkerMsg::Reload(reload) => self.reload(*reload),
             }
             let wake = self.wake_at();
             if wake != 0 && now_unix_nanos() >= wake {
                 self.on_due();
             }
             self.publish_state();
+            self.metrics
+                .queue_length
+                .get_or_create(&QueueLabel { queue: "ingest" })
+                .set(rx.len() as i64);
         }
         self.shutdown();
+    }
+
+    /// Switches to a new guest and configuration unless the new guest cannot be configured
+    /// (then the old one stays, with an error in the log); replays the pending traces into the
+    /// new instance.
+    fn reload(&mut self, reload: Reload) {
+        let Reload { module, settings } = reload;
+        let (instance, interest) = match module.instantiate(&settings.guest_config) {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::error!(
+                    guest = module.name(),
+                    "reload rejected: the new configuration does not configure the guest; \
+                     keeping the running one: {e}"
+                );
+                return;
+            }
+        };
+        if (settings.sampled_cache, settings.non_sampled_cache)
+            != (self.settings.sampled_cache, self.settings.non_sampled_cache)
+        {
+            tracing::warn!("decision_cache sizes are not reloaded; restart to change them");
+        }
+        self.due_age = shortest_decision_wait(&settings.guest_config);
+        self.settings = WorkerSettings {
+            sampled_cache: self.settings.sampled_cache,
+            non_sampled_cache: self.settings.non_sampled_cache,
+            ..settings
+        };
+        self.module = module;
+        match self.interest.write() {
+            Ok(mut i) => *i = Arc::new(interest),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(interest),
+        }
+        self.instance = Some(instance);
+        self.next_due = 0;
+        // A new guest starts with a clean fault record.
+        self.faults = FaultState::default();
+        self.metrics.guest_degraded.set(0);
+        self.health.set_degraded(None);
+        let pending = self.buffer.len();
+        self.faults.recovering = true;
+        self.replay();
+        self.faults.recovering = false;
+        self.recover();
+        self.enforce_capacity(now_unix_nanos());
+        self.flush_export();
+        tracing::info!(
+            guest = self.module.name(),
+            traces = pending,
+            "configuration reloaded; pending traces replayed into the new guest instance"
+        );
     }
 
     /// When the worker wants to run next: the guest's next due time, or the next re-try.
@@ -402,7 +503,17 @@ impl Worker {
 
     fn publish_state(&self) {
         self.metrics.traces_in_memory.set(self.buffer.len() as i64);
+        self.metrics.buffered_bytes.set(self.buffer.bytes() as i64);
+        self.metrics
+            .queue_length
+            .get_or_create(&QueueLabel { queue: "export" })
+            .set((self.export.max_capacity() - self.export.capacity()) as i64);
         self.due.store(self.wake_at(), Ordering::Relaxed);
+        self.pressure.set_full(
+            self.settings.block_on_overflow
+                && (self.buffer.len() >= self.settings.num_traces
+                    || self.buffer.bytes() >= self.settings.memory_limit_bytes),
+        );
     }
 
     fn on_due(&mut self) {
@@ -486,23 +597,56 @@ impl Worker {
 
     fn tick(&mut self) {
         let now = now_unix_nanos();
+        // The decisions of this tick were due at the earliest at the due time the guest
+        // announced: their latency is measured from there (an upper bound for traces due later).
+        let due = self.next_due;
+        let before = self.buffer.len();
         self.call("tick", Affected::DueAt(now), |g| g.tick(now));
+        let decided = before.saturating_sub(self.buffer.len());
+        if due != 0 && decided > 0 {
+            self.latencies
+                .resize(self.latencies.len() + decided, due as f64);
+        }
         self.recover();
         self.flush_export();
     }
 
-    /// Decides the oldest traces early when more than `num_traces` are buffered.
+    /// Records the decision latencies of traces whose spans were just handed over.
+    fn observe_latencies(&mut self) {
+        if self.latencies.is_empty() {
+            return;
+        }
+        let now = now_unix_nanos() as f64;
+        for due in self.latencies.drain(..) {
+            self.metrics
+                .decision_latency
+                .observe(((now - due) / 1e9).max(0.0));
+        }
+    }
+
+    /// Decides the oldest traces early while more than `num_traces` are buffered or their
+    /// spans hold more than `memory_limit_mib` (with `block_on_overflow`, only past
+    /// [`OVERFLOW_HARD_LIMIT_FACTOR`] times those limits: below, the receivers are refusing).
     fn enforce_capacity(&mut self, now: u64) {
-        let over = self.buffer.len().saturating_sub(self.settings.num_traces);
-        if over == 0 {
+        let factor = if self.settings.block_on_overflow {
+            OVERFLOW_HARD_LIMIT_FACTOR
+        } else {
+            1
+        };
+        let max_traces = self.settings.num_traces.saturating_mul(factor);
+        let max_bytes = self.settings.memory_limit_bytes.saturating_mul(factor);
+        let oldest = self.buffer.oldest_over(max_traces, max_bytes);
+        if oldest.is_empty() {
             self.compact();
             return;
         }
-        let oldest = self.buffer.oldest(over);
+        let over = oldest.len();
         let ids: Vec<u8> = oldest.iter().flat_map(|t| t.0).collect();
         tracing::warn!(
             traces = over,
             num_traces = self.settings.num_traces,
+            bytes = self.buffer.bytes(),
+            memory_limit_bytes = self.settings.memory_limit_bytes,
             "trace buffer full: deciding the oldest traces early"
         );
         self.metrics.traces_decided_early.inc_by(over as u64);
@@ -915,6 +1059,7 @@ impl Worker {
 
     fn flush_export(&mut self) {
         if self.builder.is_empty() {
+            self.observe_latencies();
             return;
         }
         let spans = self.builder.span_count();
@@ -927,6 +1072,7 @@ impl Worker {
         {
             self.metrics.drop_spans("exporter_stopped", spans as u64);
         }
+        self.observe_latencies();
     }
 
     fn shutdown(&mut self) {

@@ -87,6 +87,9 @@ fn classify(status: &tonic::Status) -> SendError {
     match status.code() {
         Cancelled | DeadlineExceeded | Aborted | OutOfRange | Unavailable | DataLoss
         | ResourceExhausted => SendError::Retryable(why, None),
+        // The connection failed under the request (tonic reports UNKNOWN with the transport
+        // error as its source): the target never answered, so sending again is safe.
+        Unknown if std::error::Error::source(status).is_some() => SendError::Retryable(why, None),
         _ => SendError::Permanent(why),
     }
 }

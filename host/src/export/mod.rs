@@ -1,8 +1,12 @@
 //! Exporters: where kept spans go (OTLP gRPC, OTLP HTTP, an OTLP JSON file, or stdout).
 //!
 //! The worker hands finished requests to a bounded queue ([`EXPORT_QUEUE_LEN`]); one task sends
-//! them in order, retrying retryable failures with exponential backoff. When the queue is full
-//! the worker waits, which in turn makes the receivers wait: backpressure instead of loss.
+//! them in order, retrying retryable failures with exponential backoff and jitter for as long as
+//! they stay retryable (an outage of the target loses nothing); permanent errors drop the request
+//! (counted). When the queue is full the worker waits, its own queue fills, and the receivers
+//! answer retryable errors after a bounded wait (see [`crate::backpressure`]): backpressure
+//! instead of loss. While every attempt fails the health endpoint turns 503 after
+//! `extensions.health_check.exporter_unhealthy_after`.
 
 pub mod builder;
 mod debug;
@@ -16,12 +20,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::config::{Config, DEFAULT_EXPORT_TIMEOUT};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Health, Metrics, OutcomeLabel};
 
 /// Requests waiting to be sent.
 pub const EXPORT_QUEUE_LEN: usize = 64;
-/// Attempts per request before it is given up (and counted as dropped).
-pub const MAX_ATTEMPTS: u32 = 8;
 /// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest delay between attempts.
@@ -99,19 +101,27 @@ impl Exporter {
 pub fn spawn(
     mut exporter: Exporter,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
 ) -> (mpsc::Sender<ExportRequest>, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<ExportRequest>(EXPORT_QUEUE_LEN);
     let handle = tokio::spawn(async move {
         while let Some(req) = rx.recv().await {
             let mut backoff = INITIAL_BACKOFF;
-            let mut attempt = 1;
+            let mut attempt: u32 = 1;
             loop {
-                match exporter.send(&req).await {
+                let result = exporter.send(&req).await;
+                health.export_attempt(result.is_ok());
+                match result {
                     Ok(()) => {
                         metrics.spans_exported.inc_by(req.spans as u64);
+                        metrics
+                            .export_requests
+                            .get_or_create(&OutcomeLabel { outcome: "success" })
+                            .inc();
                         break;
                     }
-                    Err(SendError::Retryable(why, after)) if attempt < MAX_ATTEMPTS => {
+                    Err(SendError::Retryable(why, after)) => {
+                        metrics.export_retries.inc();
                         let wait = after.unwrap_or(backoff).min(MAX_BACKOFF);
                         tracing::warn!(
                             exporter = exporter.name(),
@@ -121,9 +131,9 @@ pub fn spawn(
                         );
                         tokio::time::sleep(jitter(wait)).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
-                        attempt += 1;
+                        attempt = attempt.saturating_add(1);
                     }
-                    Err(SendError::Retryable(why, _)) | Err(SendError::Permanent(why)) => {
+                    Err(SendError::Permanent(why)) => {
                         tracing::error!(
                             exporter = exporter.name(),
                             attempt,
@@ -131,6 +141,10 @@ pub fn spawn(
                             "export failed, dropping the request: {why}"
                         );
                         metrics.drop_spans("export_failed", req.spans as u64);
+                        metrics
+                            .export_requests
+                            .get_or_create(&OutcomeLabel { outcome: "failed" })
+                            .inc();
                         break;
                     }
                 }

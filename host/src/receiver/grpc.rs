@@ -51,6 +51,9 @@ impl UnaryService<Bytes> for Export {
                 Err(IngestError::Unavailable) => {
                     Err(Status::unavailable(IngestError::Unavailable.to_string()))
                 }
+                Err(IngestError::Busy) => Err(crate::backpressure::grpc_status(
+                    crate::backpressure::Refusal::Busy,
+                )),
             }
         })
     }

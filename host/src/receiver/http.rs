@@ -173,6 +173,18 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
             Some(format),
             IngestError::Unavailable.to_string(),
         ),
+        Err(IngestError::Busy) => {
+            let mut resp = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(format),
+                IngestError::Busy.to_string(),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&crate::backpressure::retry_after_header())
+            {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            resp
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::backpressure::{Pressure, Refusal, enqueue};
 use crate::otlp::request::parse_request;
 use crate::otlp::view::{Interest, ViewBuilder};
 use crate::telemetry::{Metrics, ProtocolLabel};
@@ -29,6 +30,9 @@ pub enum IngestError {
     /// The worker is gone (shutting down): 503 / UNAVAILABLE.
     #[error("tracekeeper is shutting down")]
     Unavailable,
+    /// The pipeline is full: 503 with Retry-After / UNAVAILABLE with RetryInfo.
+    #[error("{}", Refusal::Busy)]
+    Busy,
 }
 
 /// The receivers' handle on the pipeline.
@@ -37,6 +41,7 @@ pub struct Ingest {
     tx: mpsc::Sender<WorkerMsg>,
     interest: Arc<RwLock<Arc<Interest>>>,
     metrics: Arc<Metrics>,
+    pressure: Arc<Pressure>,
 }
 
 impl Ingest {
@@ -50,7 +55,14 @@ impl Ingest {
             tx,
             interest,
             metrics,
+            pressure: Arc::new(Pressure::default()),
         }
+    }
+
+    /// Refuses requests (retryable) while the worker's "full" flag is raised.
+    pub fn with_pressure(mut self, pressure: Arc<Pressure>) -> Self {
+        self.pressure = pressure;
+        self
     }
 
     /// Checks and splits an encoded request, builds the guest's views of its spans, and queues
@@ -98,10 +110,17 @@ impl Ingest {
             self.metrics.drop_spans("invalid", accepted.rejected);
         }
         if n > 0 {
-            self.tx
-                .send(WorkerMsg::Batch(batch))
-                .await
-                .map_err(|_| IngestError::Unavailable)?;
+            enqueue(
+                &self.tx,
+                &self.pressure,
+                &self.metrics,
+                WorkerMsg::Batch(batch),
+            )
+            .await
+            .map_err(|r| match r {
+                Refusal::Busy => IngestError::Busy,
+                Refusal::Closed => IngestError::Unavailable,
+            })?;
             self.metrics
                 .spans_received
                 .get_or_create(&ProtocolLabel { protocol })
