@@ -577,3 +577,35 @@ fn send_hup_and_wait(host: &Host, n: usize) {
     send_sighup(host.pid());
     wait_for_log(host, "configuration reloaded", n);
 }
+
+/// SIGTERM while the exporter's target is down: the retries do not hold the process past
+/// `service.shutdown_timeout`; it exits and says what it could not export.
+#[test]
+fn sigterm_with_the_exporter_down_exits_within_shutdown_timeout() {
+    let rt = runtime();
+    let ports = Ports::new();
+    // Nothing listens on the sink's port.
+    let sink_port = free_port();
+    let config = yaml(&ports, sink_port, "100ms", "")
+        .replace("service:\n", "service:\n  shutdown_timeout: 2s\n");
+    let mut host = Host::start_yaml(ports, &config);
+    let (req, _) = trace(2);
+    assert!(matches!(send_grpc(&rt, ports.grpc, req), Outcome::Accepted));
+    // Wait until the exporter is retrying.
+    let deadline = Instant::now() + EXPORT_TIMEOUT;
+    while metric_sum(&scrape(&host), "tracekeeper_export_retries_total", &[]) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no export retry\n{}",
+            host.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = host.terminate();
+    assert!(status.success(), "exit status {status}\n{}", host.stderr());
+    assert!(
+        host.stderr().contains("shutdown_timeout reached"),
+        "{}",
+        host.stderr()
+    );
+}
