@@ -110,7 +110,9 @@ pub fn spawn(
             let mut attempt: u32 = 1;
             loop {
                 let result = exporter.send(&req).await;
-                health.export_attempt(result.is_ok());
+                // The failing period is about reaching the target: a permanent error is an
+                // answer (the request is dropped and counted), so it ends the period too.
+                health.export_attempt(!matches!(result, Err(SendError::Retryable(..))));
                 match result {
                     Ok(()) => {
                         metrics.spans_exported.inc_by(req.spans as u64);
