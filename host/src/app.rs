@@ -160,7 +160,7 @@ pub async fn run_with_reload(
         servers.push(tokio::spawn(receiver::grpc::serve(
             listener,
             ingest.clone(),
-            g.max_recv_msg_size_mib << 20,
+            receiver::grpc::GrpcSettings::from_config(g, &config.extensions)?,
             receivers_shutdown.clone(),
         )));
     }
@@ -172,7 +172,7 @@ pub async fn run_with_reload(
         servers.push(tokio::spawn(receiver::http::serve(
             listener,
             ingest.clone(),
-            h.max_request_body_size,
+            receiver::http::HttpSettings::from_config(h, &config.extensions)?,
             receivers_shutdown.clone(),
         )));
     }

@@ -99,6 +99,12 @@ pub struct GrpcProtocol {
     /// Largest request accepted, MiB (after decompression).
     #[serde(default = "default_max_recv_msg_size_mib")]
     pub max_recv_msg_size_mib: usize,
+    /// TLS (absent: plaintext).
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// Client authentication (absent: none).
+    #[serde(default)]
+    pub auth: Option<ReceiverAuth>,
 }
 
 impl Default for GrpcProtocol {
@@ -106,6 +112,8 @@ impl Default for GrpcProtocol {
         GrpcProtocol {
             endpoint: default_grpc_endpoint(),
             max_recv_msg_size_mib: default_max_recv_msg_size_mib(),
+            tls: None,
+            auth: None,
         }
     }
 }
@@ -120,6 +128,20 @@ pub struct HttpProtocol {
     /// Largest request body accepted, bytes (after decompression).
     #[serde(default = "default_max_body")]
     pub max_request_body_size: usize,
+    /// Time allowed for a request's headers to arrive (default [`DEFAULT_READ_HEADER_TIMEOUT`]);
+    /// a client that takes longer is disconnected (slowloris).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub read_header_timeout: Option<Duration>,
+    /// Time allowed for a request's body to arrive (default [`DEFAULT_READ_TIMEOUT`]); a slower
+    /// body is answered 408.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub read_timeout: Option<Duration>,
+    /// TLS (absent: plaintext).
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// Client authentication (absent: none).
+    #[serde(default)]
+    pub auth: Option<ReceiverAuth>,
 }
 
 impl Default for HttpProtocol {
@@ -127,8 +149,39 @@ impl Default for HttpProtocol {
         HttpProtocol {
             endpoint: default_http_endpoint(),
             max_request_body_size: default_max_body(),
+            read_header_timeout: None,
+            read_timeout: None,
+            tls: None,
+            auth: None,
         }
     }
+}
+
+/// Default `receivers.otlp.protocols.http.read_header_timeout`.
+pub const DEFAULT_READ_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `receivers.otlp.protocols.http.read_timeout`.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `tls:` of a receiver protocol, as the collector's `configtls` server settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// The server's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// The server's private key (PEM).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to; when given, every client
+    /// must present one (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// `auth:` of a receiver protocol: which authenticator extension checks clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverAuth {
+    /// Name of the extension (`bearertokenauth`).
+    pub authenticator: String,
 }
 
 /// `exporters:` (exactly one of them).
@@ -149,13 +202,28 @@ pub struct Exporters {
     pub debug: Option<DebugExporter>,
 }
 
-/// `tls:` of an exporter. Only plaintext is supported so far.
+/// `tls:` of an exporter, as the collector's `configtls` client settings.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTls {
-    /// Plaintext connection.
+    /// Plaintext connection (gRPC exporter; an `http://` endpoint is plaintext too).
     #[serde(default)]
     pub insecure: bool,
+    /// CA certificates (PEM) to verify the server with, instead of the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM), for servers that ask for one.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Accept any server certificate (testing only: no protection against interception).
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Name to verify the server certificate against, instead of the endpoint's host.
+    #[serde(default)]
+    pub server_name_override: Option<String>,
 }
 
 /// Request compression of an exporter.
@@ -208,6 +276,9 @@ pub struct OtlpHttpExporter {
     /// Extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// TLS settings for an `https://` endpoint.
+    #[serde(default)]
+    pub tls: ClientTls,
 }
 
 /// `exporters.file`
@@ -234,6 +305,28 @@ pub struct Extensions {
     /// `extensions.health_check`
     #[serde(default, deserialize_with = "present")]
     pub health_check: Option<HealthCheck>,
+    /// `extensions.bearertokenauth`: the token clients of receivers with
+    /// `auth: {authenticator: bearertokenauth}` must send.
+    #[serde(default)]
+    pub bearertokenauth: Option<BearerTokenAuth>,
+}
+
+/// `extensions.bearertokenauth`, as the collector's extension: `Authorization: <scheme> <token>`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BearerTokenAuth {
+    /// The scheme before the token (default `Bearer`).
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// The token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Several accepted tokens (for rotation).
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// A file holding the token (read at start; surrounding whitespace ignored).
+    #[serde(default)]
+    pub filename: Option<PathBuf>,
 }
 
 /// `extensions.health_check`
@@ -503,11 +596,7 @@ impl Config {
                     "exporters.otlp.endpoint: missing (e.g. 127.0.0.1:4317)".into(),
                 ));
             }
-            if !o.tls.insecure || o.endpoint.starts_with("https://") {
-                return Err(ConfigError(
-                    "exporters.otlp.tls: TLS is not supported yet; set tls.insecure: true".into(),
-                ));
-            }
+            check_client_tls(&o.tls, "exporters.otlp.tls")?;
         }
         if let Some(h) = &e.otlphttp {
             let url = h.url();
@@ -516,17 +605,41 @@ impl Config {
                     "exporters.otlphttp.endpoint: missing (e.g. http://127.0.0.1:4318)".into(),
                 ));
             }
-            if !url.starts_with("http://") {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
                 return Err(ConfigError(format!(
-                    "exporters.otlphttp.endpoint: {url:?} must start with http:// (TLS is not supported yet)"
+                    "exporters.otlphttp.endpoint: {url:?} must start with http:// or https://"
                 )));
             }
+            check_client_tls(&h.tls, "exporters.otlphttp.tls")?;
         }
         if let Some(g) = &self.receivers.otlp.protocols.grpc {
             resolve(&g.endpoint, "receivers.otlp.protocols.grpc.endpoint")?;
+            self.check_auth(g.auth.as_ref(), "receivers.otlp.protocols.grpc.auth")?;
         }
         if let Some(h) = &self.receivers.otlp.protocols.http {
             resolve(&h.endpoint, "receivers.otlp.protocols.http.endpoint")?;
+            self.check_auth(h.auth.as_ref(), "receivers.otlp.protocols.http.auth")?;
+            for (key, t) in [
+                ("read_header_timeout", h.read_header_timeout),
+                ("read_timeout", h.read_timeout),
+            ] {
+                if t == Some(Duration::ZERO) {
+                    return Err(ConfigError(format!(
+                        "receivers.otlp.protocols.http.{key}: must be above 0"
+                    )));
+                }
+            }
+        }
+        if let Some(b) = &self.extensions.bearertokenauth {
+            let sources = usize::from(b.token.is_some())
+                + usize::from(!b.tokens.is_empty())
+                + usize::from(b.filename.is_some());
+            if sources != 1 {
+                return Err(ConfigError(
+                    "extensions.bearertokenauth: give exactly one of token, tokens and filename"
+                        .into(),
+                ));
+            }
         }
         if self.receivers.otlp.protocols.grpc.is_none()
             && self.receivers.otlp.protocols.http.is_none()
@@ -591,6 +704,37 @@ impl Config {
                 ConfigError(describe(&path, &e.into_inner().to_string()))
             }),
         }
+    }
+}
+
+/// Checks the combinations of an exporter's `tls` keys.
+fn check_client_tls(tls: &ClientTls, key: &str) -> Result<(), ConfigError> {
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return Err(ConfigError(format!(
+            "{key}: cert_file and key_file go together"
+        )));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Checks a receiver's `auth` names a configured authenticator extension.
+    fn check_auth(&self, auth: Option<&ReceiverAuth>, key: &str) -> Result<(), ConfigError> {
+        let Some(auth) = auth else {
+            return Ok(());
+        };
+        if auth.authenticator != "bearertokenauth" {
+            return Err(ConfigError(format!(
+                "{key}.authenticator: {:?} is not a supported authenticator (bearertokenauth)",
+                auth.authenticator
+            )));
+        }
+        if self.extensions.bearertokenauth.is_none() {
+            return Err(ConfigError(format!(
+                "{key}.authenticator: extensions.bearertokenauth is not configured"
+            )));
+        }
+        Ok(())
     }
 }
 

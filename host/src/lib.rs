@@ -8,6 +8,7 @@
 
 #[cfg(feature = "runtime")]
 pub mod app;
+pub mod auth;
 pub mod backpressure;
 pub mod buffer;
 pub mod completeness_metrics;
@@ -20,5 +21,6 @@ pub mod receiver;
 pub mod shutdown;
 pub mod tags;
 pub mod telemetry;
+pub mod tls;
 #[cfg(feature = "runtime")]
 pub mod worker;

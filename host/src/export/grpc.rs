@@ -1,9 +1,17 @@
-//! The OTLP/gRPC exporter (`exporters.otlp`): sends the encoded request bytes as they are.
+//! The OTLP/gRPC exporter (`exporters.otlp`): sends the encoded request bytes as they are,
+//! over TLS (rustls, the `tls` keys of the collector's exporter) unless `tls.insecure` or an
+//! `http://` endpoint asks for plaintext.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
@@ -11,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::{SendError, timeout_or_default};
 use crate::config::{Compression, OtlpExporter};
 use crate::otlp::codec::{EXPORT_PATH, RawCodec};
+use crate::tls::{ALPN_H2, client_config, server_name};
 
 /// Sends to one OTLP/gRPC endpoint over one HTTP/2 connection.
 #[derive(Debug)]
@@ -27,17 +36,32 @@ pub struct GrpcExporter {
 impl GrpcExporter {
     /// Connects lazily to the configured endpoint.
     pub fn new(cfg: &OtlpExporter) -> anyhow::Result<Self> {
-        let url = if cfg.endpoint.contains("://") {
-            cfg.endpoint.clone()
-        } else {
-            format!("http://{}", cfg.endpoint)
-        };
+        // tonic is given an http:// URL in every case; TLS, when asked for, is done by the
+        // connector below, so that every `tls` key (insecure_skip_verify among them) is honoured.
+        let plaintext = cfg.tls.insecure || cfg.endpoint.starts_with("http://");
+        let authority = cfg
+            .endpoint
+            .split_once("://")
+            .map_or(cfg.endpoint.as_str(), |(_, rest)| rest);
+        let url = format!("http://{authority}");
         let timeout = timeout_or_default(cfg.timeout);
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| anyhow::anyhow!("exporters.otlp.endpoint: {url:?}: {e}"))?
             .tcp_nodelay(true)
             .connect_timeout(timeout)
             .timeout(timeout);
+        let channel = if plaintext {
+            endpoint.connect_lazy()
+        } else {
+            let host = endpoint.uri().host().unwrap_or_default().to_string();
+            let config = client_config(&cfg.tls, "exporters.otlp.tls", &[ALPN_H2])?;
+            let name = server_name(&cfg.tls, &host, "exporters.otlp.tls.server_name_override")?;
+            endpoint.connect_with_connector_lazy(TlsConnect {
+                config: Arc::new(config),
+                name,
+                timeout,
+            })
+        };
         let mut headers = Vec::new();
         for (k, v) in &cfg.headers {
             let key = MetadataKey::from_bytes(k.to_lowercase().as_bytes())
@@ -47,7 +71,7 @@ impl GrpcExporter {
             headers.push((key, value));
         }
         Ok(GrpcExporter {
-            channel: endpoint.connect_lazy(),
+            channel,
             gzip: cfg.compression == Compression::Gzip,
             timeout,
             headers,
@@ -79,6 +103,50 @@ impl GrpcExporter {
         }
     }
 }
+
+/// Connects TCP, then TLS with the exporter's rustls config (ALPN h2), within a timeout.
+#[derive(Clone)]
+struct TlsConnect {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    timeout: Duration,
+}
+
+impl tower_service::Service<http::Uri> for TlsConnect {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(DEFAULT_TLS_PORT);
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.config));
+        let name = self.name.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let connect = async {
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                tcp.set_nodelay(true)?;
+                Ok(TokioIo::new(connector.connect(name, tcp).await?))
+            };
+            tokio::time::timeout(timeout, connect).await.map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS connect timed out")
+            })?
+        })
+    }
+}
+
+/// Port of an endpoint that names none.
+const DEFAULT_TLS_PORT: u16 = 443;
 
 /// Retryable codes as the OTLP spec lists them.
 fn classify(status: &tonic::Status) -> SendError {

@@ -1,4 +1,5 @@
-//! The OTLP/HTTP exporter (`exporters.otlphttp`): POSTs protobuf to `<endpoint>/v1/traces`.
+//! The OTLP/HTTP exporter (`exporters.otlphttp`): POSTs protobuf to `<endpoint>/v1/traces`,
+//! over TLS (rustls, the exporter's `tls` keys) for an `https://` endpoint.
 
 use std::io::Write;
 use std::time::Duration;
@@ -6,12 +7,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::{SendError, timeout_or_default};
 use crate::config::{Compression, OtlpHttpExporter};
+use crate::tls::client_config;
 
 /// Largest response body read (error details are logged, nothing more is needed).
 const MAX_RESPONSE_BYTES: usize = 64 << 10;
@@ -19,7 +22,7 @@ const MAX_RESPONSE_BYTES: usize = 64 << 10;
 /// Sends to one OTLP/HTTP endpoint.
 #[derive(Debug)]
 pub struct HttpExporter {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: http::Uri,
     gzip: bool,
     timeout: Duration,
@@ -43,6 +46,35 @@ impl HttpExporter {
         }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        // hyper-rustls sets the ALPN protocols itself (and refuses a config that has some).
+        let tls = if url.scheme_str() == Some("https") {
+            client_config(&cfg.tls, "exporters.otlphttp.tls", &[])?
+        } else {
+            // Never used for http:// URLs; no certificates needed.
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        };
+        let mut builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        if let Some(name) = &cfg.tls.server_name_override {
+            let name = crate::tls::server_name(
+                &cfg.tls,
+                name,
+                "exporters.otlphttp.tls.server_name_override",
+            )?;
+            builder =
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+        }
+        let connector = builder
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector);
         Ok(HttpExporter {
             client: Client::builder(TokioExecutor::new()).build(connector),
             url,

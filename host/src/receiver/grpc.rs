@@ -2,19 +2,26 @@
 //!
 //! The service is written out (rather than generated) so that it can take the request as raw
 //! bytes through [`RawCodec`] and hand them to the wire walker without a protobuf decode.
+//! With `tls`, connections are TLS (tonic's rustls); with `auth`, a call without the bearer
+//! token is answered UNAUTHENTICATED before its message is read.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
 use tonic::body::Body;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Code, Status};
 
 use super::{Ingest, IngestError};
+use crate::auth::BearerAuth;
+use crate::config::{Extensions, GrpcProtocol};
 use crate::otlp::codec::{EXPORT_PATH, RawCodec};
 use crate::otlp::json::response;
 use crate::shutdown::Shutdown;
@@ -24,6 +31,54 @@ use crate::shutdown::Shutdown;
 pub struct TraceService {
     ingest: Ingest,
     max_message_bytes: usize,
+    auth: Option<Arc<BearerAuth>>,
+}
+
+/// Longest a TLS handshake may take before the connection is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the OTLP/gRPC server needs beyond the pipeline: the message limit, TLS, authentication.
+#[derive(Debug, Clone)]
+pub struct GrpcSettings {
+    /// Largest message, bytes after decompression (larger: RESOURCE_EXHAUSTED).
+    pub max_message_bytes: usize,
+    /// TLS, when configured.
+    pub tls: Option<ServerTlsConfig>,
+    /// The bearer-token check, when configured.
+    pub auth: Option<Arc<BearerAuth>>,
+}
+
+impl GrpcSettings {
+    /// The settings of `receivers.otlp.protocols.grpc` (reads the TLS and token files).
+    pub fn from_config(g: &GrpcProtocol, extensions: &Extensions) -> anyhow::Result<Self> {
+        const KEY: &str = "receivers.otlp.protocols.grpc.tls";
+        let tls = match &g.tls {
+            None => None,
+            Some(t) => {
+                // Checked with rustls first, for messages that name the key.
+                crate::tls::server_config(t, KEY, &[crate::tls::ALPN_H2])?;
+                let read = |p: &std::path::Path, k: &str| {
+                    std::fs::read(p).map_err(|e| anyhow::anyhow!("{KEY}.{k}: {}: {e}", p.display()))
+                };
+                let mut config = ServerTlsConfig::new()
+                    .identity(Identity::from_pem(
+                        read(&t.cert_file, "cert_file")?,
+                        read(&t.key_file, "key_file")?,
+                    ))
+                    .timeout(TLS_HANDSHAKE_TIMEOUT);
+                if let Some(ca) = &t.client_ca_file {
+                    config =
+                        config.client_ca_root(Certificate::from_pem(read(ca, "client_ca_file")?));
+                }
+                Some(config)
+            }
+        };
+        Ok(GrpcSettings {
+            max_message_bytes: g.max_recv_msg_size_mib.saturating_mul(1 << 20),
+            tls,
+            auth: super::auth_for(g.auth.as_ref(), extensions)?,
+        })
+    }
 }
 
 impl NamedService for TraceService {
@@ -75,6 +130,14 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some(auth) = &self.auth {
+            let header = req.headers().get(http::header::AUTHORIZATION);
+            if !auth.check(header.map(http::HeaderValue::as_bytes)) {
+                return Box::pin(async move {
+                    Ok(Status::unauthenticated("missing or invalid bearer token").into_http())
+                });
+            }
+        }
         if req.uri().path() != EXPORT_PATH {
             return Box::pin(async move {
                 Ok(Status::unimplemented("only TraceService/Export is served").into_http())
@@ -115,17 +178,24 @@ fn too_large_is_resource_exhausted(resp: &mut http::Response<Body>) {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ingest: Ingest,
-    max_message_bytes: usize,
+    settings: GrpcSettings,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     let svc = TraceService {
         ingest,
-        max_message_bytes,
+        max_message_bytes: settings.max_message_bytes,
+        auth: settings.auth,
     };
-    tracing::info!(?addr, "OTLP/gRPC receiver listening");
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let tls = settings.tls.is_some();
+    tracing::info!(?addr, tls, "OTLP/gRPC receiver listening");
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(config) = settings.tls {
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| anyhow::anyhow!("receivers.otlp.protocols.grpc.tls: {e}"))?;
+    }
+    builder
         .add_service(svc)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

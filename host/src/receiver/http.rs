@@ -3,19 +3,32 @@
 //! Answers as the OTLP spec names: 200 with an `ExportTraceServiceResponse` (partial success for
 //! rejected spans) in the request's encoding; 400 for a body that is not a valid request; 413
 //! for a body over `max_request_body_size` (before or after decompression); 415 for another
-//! content type or encoding; 404/405 for other paths and methods; 503 while shutting down.
+//! content type or encoding; 404/405 for other paths and methods; 503 while shutting down;
+//! 401 without the bearer token when `auth` is configured; 408 for a body slower than
+//! `read_timeout`. A client whose headers take longer than `read_header_timeout` is
+//! disconnected (slowloris). With `tls`, connections are TLS (rustls, HTTP/1.1 and HTTP/2).
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use prost::Message;
 
 use super::gzip::{GunzipError, gunzip_limited};
 use super::{Ingest, IngestError};
+use crate::auth::BearerAuth;
+use crate::config::{DEFAULT_READ_HEADER_TIMEOUT, DEFAULT_READ_TIMEOUT, Extensions, HttpProtocol};
 use crate::otlp::json::{json_to_protobuf, response};
 use crate::shutdown::Shutdown;
 
@@ -23,6 +36,57 @@ use crate::shutdown::Shutdown;
 struct HttpState {
     ingest: Ingest,
     max_body: usize,
+    read_timeout: Duration,
+}
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) before accepting again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// What the OTLP/HTTP server needs beyond the pipeline: limits, timeouts, TLS, authentication.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Largest body, bytes after decompression (larger: 413).
+    pub max_body: usize,
+    /// Time allowed for the request line and headers (also bounds the TLS handshake).
+    pub read_header_timeout: Duration,
+    /// Time allowed for the body (slower: 408).
+    pub read_timeout: Duration,
+    /// TLS, when configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The bearer-token check, when configured.
+    pub auth: Option<Arc<BearerAuth>>,
+}
+
+impl HttpSettings {
+    /// Plaintext, no authentication, default timeouts.
+    pub fn new(max_body: usize) -> Self {
+        HttpSettings {
+            max_body,
+            read_header_timeout: DEFAULT_READ_HEADER_TIMEOUT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+            tls: None,
+            auth: None,
+        }
+    }
+
+    /// The settings of `receivers.otlp.protocols.http` (reads the TLS and token files).
+    pub fn from_config(h: &HttpProtocol, extensions: &Extensions) -> anyhow::Result<Self> {
+        let tls = match &h.tls {
+            None => None,
+            Some(t) => Some(crate::tls::server_config(
+                t,
+                "receivers.otlp.protocols.http.tls",
+                &[crate::tls::ALPN_H2, crate::tls::ALPN_HTTP1],
+            )?),
+        };
+        Ok(HttpSettings {
+            max_body: h.max_request_body_size,
+            read_header_timeout: h.read_header_timeout.unwrap_or(DEFAULT_READ_HEADER_TIMEOUT),
+            read_timeout: h.read_timeout.unwrap_or(DEFAULT_READ_TIMEOUT),
+            tls,
+            auth: super::auth_for(h.auth.as_ref(), extensions)?,
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -104,9 +168,25 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let raw = match axum::body::to_bytes(body, state.max_body).await {
-        Ok(b) => b,
-        Err(e) => {
+    let read = tokio::time::timeout(
+        state.read_timeout,
+        axum::body::to_bytes(body, state.max_body),
+    );
+    let raw = match read.await {
+        Ok(Ok(b)) => b,
+        Err(_) => {
+            let mut resp = error(
+                StatusCode::REQUEST_TIMEOUT,
+                Some(format),
+                format!("request body not received within {:?}", state.read_timeout),
+            );
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return resp;
+        }
+        Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
@@ -188,9 +268,10 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     }
 }
 
-/// The router: `POST /v1/traces`, 405 for other methods on it, 404 elsewhere.
-pub fn router(ingest: Ingest, max_body: usize) -> Router {
-    Router::new()
+/// The router: `POST /v1/traces`, 405 for other methods on it, 404 elsewhere; every path behind
+/// the bearer-token check when `auth` is configured.
+pub fn router(ingest: Ingest, settings: &HttpSettings) -> Router {
+    let router = Router::new()
         .route("/v1/traces", post(export))
         .fallback(|| async {
             (
@@ -198,19 +279,105 @@ pub fn router(ingest: Ingest, max_body: usize) -> Router {
                 "not found; OTLP traces go to POST /v1/traces",
             )
         })
-        .with_state(HttpState { ingest, max_body })
+        .with_state(HttpState {
+            ingest,
+            max_body: settings.max_body,
+            read_timeout: settings.read_timeout,
+        });
+    match &settings.auth {
+        Some(auth) => router.layer(axum::middleware::from_fn_with_state(
+            Arc::clone(auth),
+            require_token,
+        )),
+        None => router,
+    }
 }
 
-/// Serves OTLP/HTTP until `shutdown`.
+/// 401 unless the request carries an accepted bearer token.
+async fn require_token(State(auth): State<Arc<BearerAuth>>, req: Request, next: Next) -> Response {
+    let header = req.headers().get(header::AUTHORIZATION);
+    if auth.check(header.map(header::HeaderValue::as_bytes)) {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "missing or invalid bearer token",
+    )
+        .into_response()
+}
+
+/// Serves OTLP/HTTP (HTTP/1.1 and h2c, or TLS) until `shutdown`, then lets requests in progress
+/// finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     ingest: Ingest,
-    max_body: usize,
+    settings: HttpSettings,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    tracing::info!(addr = ?listener.local_addr().ok(), "OTLP/HTTP receiver listening");
-    axum::serve(listener, router(ingest, max_body))
-        .with_graceful_shutdown(shutdown.wait())
-        .await?;
+    let tls = settings.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    tracing::info!(
+        addr = ?listener.local_addr().ok(),
+        tls = tls.is_some(),
+        "OTLP/HTTP receiver listening"
+    );
+    let app = router(ingest, &settings);
+    let header_timeout = settings.read_header_timeout;
+    let graceful = GracefulShutdown::new();
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => tcp,
+                Err(e) => {
+                    tracing::warn!("accepting an OTLP/HTTP connection: {e}");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            builder.http2().timer(TokioTimer::new());
+            let result = match tls {
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!("OTLP/HTTP TLS handshake failed: {e}");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!("OTLP/HTTP TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!("OTLP/HTTP connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
     Ok(())
 }

@@ -15,3 +15,18 @@ mod ingest;
 
 #[cfg(feature = "runtime")]
 pub use ingest::{Accepted, Ingest, IngestError};
+
+/// The bearer-token check a receiver's `auth` asks for (the config check guarantees the
+/// extension it names is configured).
+#[cfg(feature = "runtime")]
+fn auth_for(
+    auth: Option<&crate::config::ReceiverAuth>,
+    extensions: &crate::config::Extensions,
+) -> anyhow::Result<Option<std::sync::Arc<crate::auth::BearerAuth>>> {
+    let (Some(_), Some(cfg)) = (auth, &extensions.bearertokenauth) else {
+        return Ok(None);
+    };
+    Ok(Some(std::sync::Arc::new(
+        crate::auth::BearerAuth::from_config(cfg)?,
+    )))
+}
