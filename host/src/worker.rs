@@ -597,16 +597,7 @@ impl Worker {
 
     fn tick(&mut self) {
         let now = now_unix_nanos();
-        // The decisions of this tick were due at the earliest at the due time the guest
-        // announced: their latency is measured from there (an upper bound for traces due later).
-        let due = self.next_due;
-        let before = self.buffer.len();
         self.call("tick", Affected::DueAt(now), |g| g.tick(now));
-        let decided = before.saturating_sub(self.buffer.len());
-        if due != 0 && decided > 0 {
-            self.latencies
-                .resize(self.latencies.len() + decided, due as f64);
-        }
         self.recover();
         self.flush_export();
     }
@@ -787,6 +778,13 @@ impl Worker {
                 twice.push(rec.trace_id);
             }
         }
+        // Decisions of a `tick` or an `ingest` were due at the earliest at the due time the guest
+        // announced before the call: their latency is measured from there (an upper bound for
+        // traces due later). Early (`decide-now`), shutdown and replay decisions are not.
+        let due = match call {
+            "tick" | "ingest" => self.next_due,
+            _ => 0,
+        };
         self.next_due = reader.next_due();
         let mut unknown = 0usize;
         for rec in reader.flatten() {
@@ -804,6 +802,9 @@ impl Worker {
                     policy: rec.policy.to_string(),
                 })
                 .inc();
+            if due != 0 {
+                self.latencies.push(due as f64);
+            }
             if rec.decision == Decision::Sampled {
                 let tags = Arc::new(TraceTags::new(
                     rec.policy.to_string(),
