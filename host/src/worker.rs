@@ -31,7 +31,7 @@
 //! first-seen time of the batch (so the new instance computes nearly the same due times as the
 //! old one), followed by a `tick` at the current time. A fault during replay keeps that replay
 //! batch's traces and starts over with another instance. There is no pool of spare instances:
-//! creating and configuring one costs about 0.2 ms (`cargo bench --bench guest_call`), far less
+//! creating and configuring one costs about 0.1 ms (`cargo bench --bench guest_call`), far less
 //! than replaying the pending traces into it, which a spare instance would need just the same.
 //!
 //! After `guest.max_consecutive_faults` faults in a row (replay calls do not count as successes)
