@@ -133,8 +133,9 @@ impl<'a> Fields<'a> {
 
     fn read(&mut self) -> Result<Field<'a>, WireError> {
         let start = self.buf;
-        let key = read_varint(&mut self.buf)?;
-        let number = u32::try_from(key >> 3).map_err(|_| WireError::BadTag)?;
+        // A key above 32 bits (a field number of 2^29 or more) is malformed, as in prost.
+        let key = u32::try_from(read_varint(&mut self.buf)?).map_err(|_| WireError::BadTag)?;
+        let number = key >> 3;
         if number == 0 {
             return Err(WireError::BadTag);
         }
@@ -265,6 +266,21 @@ mod tests {
         }
         let mut s: &[u8] = &[0xff; 11];
         assert_eq!(read_varint(&mut s), Err(WireError::BadVarint));
+    }
+
+    /// Found by fuzzing: a field key above 32 bits (field number 2^29 or more) is refused by
+    /// prost, so the walker must refuse it too rather than forward it.
+    #[test]
+    fn field_keys_over_32_bits_are_malformed() {
+        let mut msg = Vec::new();
+        put_varint(&mut msg, (u64::from(u32::MAX) + 1) | u64::from(VARINT));
+        put_varint(&mut msg, 1);
+        let r: Result<Vec<_>, _> = Fields::new(&msg).collect();
+        assert_eq!(r.unwrap_err(), WireError::BadTag);
+        let mut msg = Vec::new();
+        put_varint_field(&mut msg, (1 << 29) - 1, 7);
+        let fields: Vec<_> = Fields::new(&msg).collect::<Result<_, _>>().unwrap();
+        assert_eq!(fields[0].number, (1 << 29) - 1);
     }
 
     /// Found by fuzzing: a ten-byte varint whose last byte is above 1 is worth more than 64 bits;
