@@ -68,6 +68,8 @@ fn trace(n: usize) -> (ExportTraceServiceRequest, Vec<Key>) {
 #[derive(Default)]
 struct SinkStore {
     keys: Mutex<HashSet<Key>>,
+    /// The `grpc-encoding` of each request received ("" when uncompressed).
+    encodings: Mutex<HashSet<String>>,
 }
 
 struct SinkService(Arc<SinkStore>);
@@ -78,6 +80,13 @@ impl TraceService for SinkService {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let encoding = request
+            .metadata()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        self.0.encodings.lock().unwrap().insert(encoding);
         let mut keys = self.0.keys.lock().unwrap();
         for rs in &request.get_ref().resource_spans {
             for ss in &rs.scope_spans {
@@ -122,7 +131,8 @@ impl Sink {
         };
         let svc = TraceServiceServer::new(SinkService(Arc::clone(&self.store)))
             .max_decoding_message_size(256 << 20)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .accept_compressed(tonic::codec::CompressionEncoding::Zstd);
         runtime.spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(svc)
@@ -608,4 +618,23 @@ fn sigterm_with_the_exporter_down_exits_within_shutdown_timeout() {
         "{}",
         host.stderr()
     );
+}
+
+/// `compression: zstd` on the OTLP/gRPC exporter: the target receives zstd-compressed requests
+/// (the sink accepts gzip and zstd; tonic refuses an encoding it was not told to accept).
+#[test]
+fn zstd_exporter_compression() {
+    let rt = runtime();
+    let ports = Ports::new();
+    let mut sink = Sink::new(free_port());
+    sink.start();
+    let config = yaml(&ports, sink.port, "100ms", "")
+        .replace("timeout: 2s", "timeout: 2s, compression: zstd");
+    let mut host = Host::start_yaml(ports, &config);
+    let (req, keys) = trace(3);
+    assert!(matches!(send_grpc(&rt, ports.grpc, req), Outcome::Accepted));
+    sink.wait_for(&keys, &host);
+    let encodings = sink.store.encodings.lock().unwrap().clone();
+    assert_eq!(encodings, HashSet::from(["zstd".to_owned()]));
+    host.terminate_cleanly();
 }

@@ -233,6 +233,8 @@ pub enum Compression {
     /// gzip (the collector's default).
     #[default]
     Gzip,
+    /// zstd.
+    Zstd,
     /// No compression.
     None,
 }

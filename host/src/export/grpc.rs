@@ -25,7 +25,7 @@ use crate::tls::{ALPN_H2, client_config, server_name};
 #[derive(Debug)]
 pub struct GrpcExporter {
     channel: Channel,
-    gzip: bool,
+    compression: Compression,
     timeout: Duration,
     headers: Vec<(
         MetadataKey<tonic::metadata::Ascii>,
@@ -72,7 +72,7 @@ impl GrpcExporter {
         }
         Ok(GrpcExporter {
             channel,
-            gzip: cfg.compression == Compression::Gzip,
+            compression: cfg.compression,
             timeout,
             headers,
         })
@@ -81,10 +81,14 @@ impl GrpcExporter {
     /// One attempt.
     pub async fn send(&mut self, body: &Bytes) -> Result<(), SendError> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        if self.gzip {
-            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        match self.compression {
+            Compression::Gzip => grpc = grpc.send_compressed(CompressionEncoding::Gzip),
+            Compression::Zstd => grpc = grpc.send_compressed(CompressionEncoding::Zstd),
+            Compression::None => {}
         }
-        grpc = grpc.accept_compressed(CompressionEncoding::Gzip);
+        grpc = grpc
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd);
         grpc.ready()
             .await
             .map_err(|e| SendError::Retryable(format!("connecting: {e}"), None))?;

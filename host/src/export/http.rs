@@ -18,13 +18,15 @@ use crate::tls::client_config;
 
 /// Largest response body read (error details are logged, nothing more is needed).
 const MAX_RESPONSE_BYTES: usize = 64 << 10;
+/// zstd level of request bodies (zstd's fast default).
+const ZSTD_LEVEL: i32 = 3;
 
 /// Sends to one OTLP/HTTP endpoint.
 #[derive(Debug)]
 pub struct HttpExporter {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: http::Uri,
-    gzip: bool,
+    compression: Compression,
     timeout: Duration,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -78,7 +80,7 @@ impl HttpExporter {
         Ok(HttpExporter {
             client: Client::builder(TokioExecutor::new()).build(connector),
             url,
-            gzip: cfg.compression == Compression::Gzip,
+            compression: cfg.compression,
             timeout: timeout_or_default(cfg.timeout),
             headers,
         })
@@ -88,15 +90,23 @@ impl HttpExporter {
     pub async fn send(&mut self, body: &Bytes) -> Result<(), SendError> {
         let mut builder =
             Request::post(self.url.clone()).header(header::CONTENT_TYPE, "application/x-protobuf");
-        let payload = if self.gzip {
-            builder = builder.header(header::CONTENT_ENCODING, "gzip");
-            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            enc.write_all(body)
-                .and_then(|()| enc.finish())
-                .map(Bytes::from)
-                .map_err(|e| SendError::Permanent(format!("gzip: {e}")))?
-        } else {
-            body.clone()
+        let payload = match self.compression {
+            Compression::Gzip => {
+                builder = builder.header(header::CONTENT_ENCODING, "gzip");
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                enc.write_all(body)
+                    .and_then(|()| enc.finish())
+                    .map(Bytes::from)
+                    .map_err(|e| SendError::Permanent(format!("gzip: {e}")))?
+            }
+            Compression::Zstd => {
+                builder = builder.header(header::CONTENT_ENCODING, "zstd");
+                zstd::bulk::compress(body, ZSTD_LEVEL)
+                    .map(Bytes::from)
+                    .map_err(|e| SendError::Permanent(format!("zstd: {e}")))?
+            }
+            Compression::None => body.clone(),
         };
         for (k, v) in &self.headers {
             builder = builder.header(k, v);
