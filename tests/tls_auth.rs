@@ -537,3 +537,73 @@ fn the_otlphttp_exporter_talks_tls_to_a_tls_receiver() {
         "every span once"
     );
 }
+
+/// The configuration names the key of every TLS or authentication mistake, at parse time or at
+/// start-up.
+#[test]
+fn tls_and_auth_mistakes_name_their_key() {
+    use tracekeeper::config::Config;
+    let base = |receivers: &str, extra: &str| {
+        format!(
+            "receivers: {{otlp: {{protocols: {receivers}}}}}\nexporters: {{debug: {{}}}}\n{extra}"
+        )
+    };
+    for (yaml, want) in [
+        (
+            base("{grpc: {auth: {authenticator: bearertokenauth}}}", ""),
+            "receivers.otlp.protocols.grpc.auth.authenticator: extensions.bearertokenauth is not configured",
+        ),
+        (
+            base(
+                "{http: {auth: {authenticator: oidc}}}",
+                "extensions: {bearertokenauth: {token: t}}",
+            ),
+            "receivers.otlp.protocols.http.auth.authenticator: \"oidc\" is not a supported",
+        ),
+        (
+            base("{http: {}}", "extensions: {bearertokenauth: {token: t, filename: f}}"),
+            "extensions.bearertokenauth: give exactly one of token, tokens and filename",
+        ),
+        (
+            base("{http: {tls: {cert_file: c.pem}}}", ""),
+            "receivers.otlp.protocols.http.tls",
+        ),
+        (
+            base("{http: {read_timeout: 0s}}", ""),
+            "receivers.otlp.protocols.http.read_timeout: must be above 0",
+        ),
+        (
+            "receivers: {otlp: {protocols: {grpc: {}}}}\nexporters: {otlp: {endpoint: \"h:1\", tls: {cert_file: c.pem}}}".to_string(),
+            "exporters.otlp.tls: cert_file and key_file go together",
+        ),
+        (
+            "receivers: {otlp: {protocols: {grpc: {}}}}\nexporters: {otlphttp: {endpoint: \"ftp://h:1\"}}".to_string(),
+            "exporters.otlphttp.endpoint",
+        ),
+    ] {
+        let e = Config::parse(&yaml).expect_err(&yaml);
+        assert!(e.0.contains(want), "{yaml}\n-> {e}\nwanted {want:?}");
+    }
+
+    // Files that cannot be read are named at start-up, with their key.
+    let ports = Ports::new();
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "receivers: {{otlp: {{protocols: {{http: {{endpoint: \"127.0.0.1:{}\", tls: {{cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}}}}}}}}}}\nexporters: {{debug: {{}}}}\nextensions: {{health_check: {{endpoint: \"127.0.0.1:{}\"}}}}\nservice: {{telemetry: {{metrics: {{address: \"127.0.0.1:{}\"}}}}}}\n",
+        ports.http, ports.health, ports.metrics
+    );
+    let path = write_config(dir.path(), "bad-tls.yaml", &yaml);
+    let (status, _out, err) = run_binary(
+        &["run", "--config", path.to_str().unwrap()],
+        &[],
+        std::time::Duration::from_secs(60),
+    );
+    assert!(
+        !status.success(),
+        "a missing certificate must stop the start"
+    );
+    assert!(
+        err.contains("receivers.otlp.protocols.http.tls.cert_file"),
+        "stderr should name the key: {err}"
+    );
+}
