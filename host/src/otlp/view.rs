@@ -11,11 +11,49 @@ use tracekeeper_abi::{BatchWriter, MAX_VALUE_DEPTH, Section, SpanFixed, SpanId, 
 use super::request::{Group, SpanInfo, span_field as sf};
 use super::wire::Fields;
 
+/// Attribute keys by index, with a filter on their lengths that rejects most other keys
+/// without hashing them.
+#[derive(Debug, Clone, Default)]
+struct Keys {
+    map: HashMap<Vec<u8>, u16>,
+    /// Bit `min(len, 63)` is set for the length of every key in `map`.
+    lengths: u64,
+}
+
+impl Keys {
+    fn new(keys: &[String]) -> Self {
+        let map: HashMap<Vec<u8>, u16> = keys
+            .iter()
+            .take(usize::from(tracekeeper_abi::KEY_INLINE))
+            .enumerate()
+            .map(|(i, k)| (k.as_bytes().to_vec(), i as u16))
+            .collect();
+        let lengths = map.keys().fold(0, |m, k| m | Self::length_bit(k));
+        Keys { map, lengths }
+    }
+
+    fn length_bit(key: &[u8]) -> u64 {
+        1 << key.len().min(63)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    #[inline]
+    fn get(&self, key: &[u8]) -> Option<u16> {
+        if self.lengths & Self::length_bit(key) == 0 {
+            return None;
+        }
+        self.map.get(key).copied()
+    }
+}
+
 /// What the guest asked for, in a form fast to look up.
 #[derive(Debug, Clone, Default)]
 pub struct Interest {
-    span_keys: HashMap<Vec<u8>, u16>,
-    resource_keys: HashMap<Vec<u8>, u16>,
+    span_keys: Keys,
+    resource_keys: Keys,
     all_span_attributes: bool,
     all_resource_attributes: bool,
     links: bool,
@@ -33,16 +71,9 @@ impl Interest {
         links: bool,
         events: bool,
     ) -> Self {
-        let index = |keys: &[String]| {
-            keys.iter()
-                .take(usize::from(tracekeeper_abi::KEY_INLINE))
-                .enumerate()
-                .map(|(i, k)| (k.as_bytes().to_vec(), i as u16))
-                .collect()
-        };
         Interest {
-            span_keys: index(span_attributes),
-            resource_keys: index(resource_attributes),
+            span_keys: Keys::new(span_attributes),
+            resource_keys: Keys::new(resource_attributes),
             all_span_attributes,
             all_resource_attributes,
             links,
@@ -127,39 +158,40 @@ impl ViewBuilder {
         };
         let w = &mut self.writer;
         w.begin_span(&fixed, info.name.as_bytes(), info.trace_state.as_bytes());
+        // One walk over the span's fields: attributes are written as they come; links and
+        // events (sections that follow the attributes) are noted and written after.
+        let wants_attributes = interest.wants_span_attributes();
+        let mut link_fields: Vec<&[u8]> = Vec::new();
+        let mut event_fields: Vec<&[u8]> = Vec::new();
         let mut attrs = w.begin_section();
-        if interest.wants_span_attributes() {
-            write_attributes(
-                w,
-                &mut attrs,
-                bytes,
-                sf::ATTRIBUTES,
-                &interest.span_keys,
-                interest.all_span_attributes,
-            );
+        if wants_attributes || interest.links || interest.events {
+            for f in Fields::new(bytes).filter_map(Result::ok) {
+                let Ok(payload) = f.bytes() else { continue };
+                match f.number {
+                    sf::ATTRIBUTES if wants_attributes => write_key_value(
+                        w,
+                        &mut attrs,
+                        payload,
+                        &interest.span_keys,
+                        interest.all_span_attributes,
+                    ),
+                    sf::LINKS if interest.links => link_fields.push(payload),
+                    sf::EVENTS if interest.events => event_fields.push(payload),
+                    _ => {}
+                }
+            }
         }
         w.end_section(attrs);
         let mut links = w.begin_section();
-        if interest.links {
-            for f in Fields::new(bytes).filter_map(Result::ok) {
-                if f.number == sf::LINKS
-                    && let Ok(link) = f.bytes()
-                    && let Some((t, s)) = read_link(link)
-                {
-                    w.link(&mut links, &t, &s);
-                }
+        for link in link_fields {
+            if let Some((t, s)) = read_link(link) {
+                w.link(&mut links, &t, &s);
             }
         }
         w.end_section(links);
         let mut events = w.begin_section();
-        if interest.events {
-            for f in Fields::new(bytes).filter_map(Result::ok) {
-                if f.number == sf::EVENTS
-                    && let Ok(ev) = f.bytes()
-                {
-                    write_event(w, &mut events, ev, interest);
-                }
-            }
+        for ev in event_fields {
+            write_event(w, &mut events, ev, interest);
         }
         w.end_section(events);
     }
@@ -214,7 +246,7 @@ fn write_attributes(
     s: &mut Section,
     msg: &[u8],
     field: u32,
-    keys: &HashMap<Vec<u8>, u16>,
+    keys: &Keys,
     all: bool,
 ) {
     for f in Fields::new(msg).filter_map(Result::ok) {
@@ -222,12 +254,18 @@ fn write_attributes(
             continue;
         }
         let Ok(kv) = f.bytes() else { continue };
-        let (key, value) = split_key_value(kv);
-        if all {
-            write_any_value(w, s, Slot::Inline(key), 0, value);
-        } else if let Some(&i) = keys.get(key) {
-            write_any_value(w, s, Slot::Indexed(i), 0, value);
-        }
+        write_key_value(w, s, kv, keys, all);
+    }
+}
+
+/// Writes one encoded `KeyValue` if `keys` selects it (or `all`).
+#[inline]
+fn write_key_value(w: &mut BatchWriter, s: &mut Section, kv: &[u8], keys: &Keys, all: bool) {
+    let (key, value) = split_key_value(kv);
+    if all {
+        write_any_value(w, s, Slot::Inline(key), 0, value);
+    } else if let Some(i) = keys.get(key) {
+        write_any_value(w, s, Slot::Indexed(i), 0, value);
     }
 }
 

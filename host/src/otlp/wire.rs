@@ -131,6 +131,7 @@ impl<'a> Fields<'a> {
         Fields { buf }
     }
 
+    #[inline]
     fn read(&mut self) -> Result<Field<'a>, WireError> {
         let start = self.buf;
         // A key above 32 bits (a field number of 2^29 or more) is malformed, as in prost.
@@ -172,6 +173,7 @@ impl<'a> Fields<'a> {
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<Field<'a>, WireError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() {
             return None;
@@ -196,7 +198,20 @@ fn take_array<const N: usize>(buf: &mut &[u8]) -> Result<[u8; N], WireError> {
 }
 
 /// Reads a base-128 varint.
+#[inline]
 pub fn read_varint(buf: &mut &[u8]) -> Result<u64, WireError> {
+    // Fast path: tags and most lengths fit in one byte.
+    if let Some((&b, rest)) = buf.split_first()
+        && b < 0x80
+    {
+        *buf = rest;
+        return Ok(u64::from(b));
+    }
+    read_varint_slow(buf)
+}
+
+/// [`read_varint`] for values of more than one byte (or a truncated buffer).
+fn read_varint_slow(buf: &mut &[u8]) -> Result<u64, WireError> {
     let mut value = 0u64;
     for i in 0..10 {
         let Some((&b, rest)) = buf.split_first() else {
