@@ -120,6 +120,10 @@ struct RunArgs {
     /// The tracekeeper binary [default: next to this one].
     #[arg(long)]
     tracekeeper: Option<PathBuf>,
+    /// An earlier tracekeeper build whose default-policies phase also runs, for before/after
+    /// ratios from one run.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// The Rotel binary [default: `rotel` on PATH, else the `rotel` PyPI package, installed
     /// when missing].
     #[arg(long)]
@@ -200,6 +204,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             Some(p) => p,
             None => runner::default_tracekeeper()?,
         },
+        baseline: a.baseline,
         rotel: a.rotel,
         skip_rotel: a.no_rotel,
         work_dir: a.work_dir.unwrap_or_else(runner::default_work_dir),

@@ -61,6 +61,9 @@ pub struct RunConfig {
     pub floor_time: Duration,
     /// The tracekeeper binary.
     pub tracekeeper: PathBuf,
+    /// Another tracekeeper binary (an earlier build) whose default-policies phase runs in the
+    /// same run, for before/after ratios of an optimisation.
+    pub baseline: Option<PathBuf>,
     /// The Rotel binary (None: find or install it).
     pub rotel: Option<PathBuf>,
     /// Skip the Rotel phase.
@@ -142,11 +145,17 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     let epoch = Instant::now();
     let sink = Sink::start("127.0.0.1:0".parse()?, epoch).await?;
     let mut phases = Vec::new();
-    let keep_all = tracekeeper_phase(cfg, &workload, &sink, epoch, true).await?;
-    phases.push(keep_all);
+    let keep_all = tracekeeper_phase(cfg, &cfg.tracekeeper, "", &workload, &sink, epoch, true);
+    phases.push(keep_all.await?);
     tokio::time::sleep(SETTLE).await;
-    let default = tracekeeper_phase(cfg, &workload, &sink, epoch, false).await?;
-    phases.push(default);
+    let default = tracekeeper_phase(cfg, &cfg.tracekeeper, "", &workload, &sink, epoch, false);
+    phases.push(default.await?);
+    if let Some(baseline) = &cfg.baseline {
+        tokio::time::sleep(SETTLE).await;
+        let label = " (baseline binary)";
+        let phase = tracekeeper_phase(cfg, baseline, label, &workload, &sink, epoch, false);
+        phases.push(phase.await?);
+    }
     if !cfg.skip_rotel {
         tokio::time::sleep(SETTLE).await;
         phases.push(rotel_phase(cfg, &workload, &sink, epoch).await?);
@@ -255,15 +264,17 @@ async fn sample_tracekeeper(pid: u32, metrics_url: &str, samples: &mut Samples) 
 
 async fn tracekeeper_phase(
     cfg: &RunConfig,
+    binary: &Path,
+    label: &str,
     workload: &Arc<Workload>,
     sink: &Sink,
     epoch: Instant,
     keep_all: bool,
 ) -> anyhow::Result<Phase> {
     let name = if keep_all {
-        "tracekeeper, keep-all (always_sample)"
+        format!("tracekeeper{label}, keep-all (always_sample)")
     } else {
-        "tracekeeper, default policies"
+        format!("tracekeeper{label}, default policies")
     };
     eprintln!("phase: {name}");
     let ports = Ports::new()?;
@@ -277,13 +288,17 @@ async fn tracekeeper_phase(
     } else {
         0.0
     };
-    let tag = if keep_all { "keep-all" } else { "default" };
+    let tag = match (keep_all, label.is_empty()) {
+        (true, _) => "keep-all",
+        (false, true) => "default",
+        (false, false) => "baseline",
+    };
     let config_path = cfg.work_dir.join(format!("tracekeeper-{tag}.yaml"));
     std::fs::write(
         &config_path,
         tracekeeper_config(cfg, keep_all, &ports, sink.addr(), buffered_traces),
     )?;
-    let mut cmd = Command::new(&cfg.tracekeeper);
+    let mut cmd = Command::new(binary);
     cmd.arg("run").arg("--config").arg(&config_path);
     let log = cfg.work_dir.join(format!("tracekeeper-{tag}.log"));
     let mut proc = Proc::spawn("tracekeeper", cmd, &log)?;
@@ -348,7 +363,7 @@ async fn tracekeeper_phase(
     let cpu = procstat::process_cpu(pid, ticks)? - cpu0;
     let mem = procstat::process_memory(pid)?;
     proc.stop()?;
-    let mut phase = summarize(name, workload, &load, sink, cpu, mem);
+    let mut phase = summarize(&name, workload, &load, sink, cpu, mem);
     phase.lateness_ms = lateness(workload, &load, sink, wait);
     phase.rss_per_buffered_span = buffer_memory(workload, &samples, idle);
     if keep_all {
@@ -612,7 +627,10 @@ pub fn render(cfg: &RunConfig, r: &Report) -> String {
         );
     }
     let _ = writeln!(s);
-    let default = r.phases.iter().find(|p| p.name.contains("default"));
+    let default = r
+        .phases
+        .iter()
+        .find(|p| p.name == "tracekeeper, default policies");
     let rotel = r.phases.iter().find(|p| p.name.starts_with("Rotel"));
     if let Some(d) = default {
         let _ = writeln!(
@@ -625,6 +643,14 @@ pub fn render(cfg: &RunConfig, r: &Report) -> String {
                 s,
                 "tracekeeper (default policies) CPU/span ÷ Rotel pass-through CPU/span: **{:.2}×** (target ≤ 0.5×)",
                 d.cpu_us_per_span / rt.cpu_us_per_span
+            );
+        }
+        if let Some(b) = r.phases.iter().find(|p| p.name.contains("baseline binary")) {
+            let _ = writeln!(
+                s,
+                "baseline binary (default policies) CPU/span ÷ floor: {:.2}×; this build ÷ baseline: {:.2}×",
+                b.cpu_us_per_span / floor_us,
+                d.cpu_us_per_span / b.cpu_us_per_span
             );
         }
     }
