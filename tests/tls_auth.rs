@@ -607,3 +607,33 @@ fn tls_and_auth_mistakes_name_their_key() {
         "stderr should name the key: {err}"
     );
 }
+
+/// Health and metrics listen on localhost unless configured otherwise (and the receivers, as in
+/// the collector, default to localhost too).
+#[test]
+fn telemetry_endpoints_default_to_localhost() {
+    use tracekeeper::config::{Config, DEFAULT_CONFIG};
+    for yaml in [
+        DEFAULT_CONFIG.to_string(),
+        "receivers: {otlp: {protocols: {grpc: {}, http: {}}}}\nexporters: {debug: {}}".to_string(),
+    ] {
+        let c = Config::parse(&yaml).unwrap();
+        let health = tracekeeper::config::resolve(&c.health_endpoint(), "health").unwrap();
+        let metrics =
+            tracekeeper::config::resolve(&c.service.telemetry.metrics.address, "metrics").unwrap();
+        assert!(health.ip().is_loopback(), "health on {health}");
+        assert!(metrics.ip().is_loopback(), "metrics on {metrics}");
+    }
+    let c = Config::parse(
+        "receivers: {otlp: {protocols: {grpc: {}, http: {}}}}\nexporters: {debug: {}}",
+    )
+    .unwrap();
+    let p = &c.receivers.otlp.protocols;
+    for endpoint in [
+        &p.grpc.as_ref().unwrap().endpoint,
+        &p.http.as_ref().unwrap().endpoint,
+    ] {
+        let addr = tracekeeper::config::resolve(endpoint, "receiver").unwrap();
+        assert!(addr.ip().is_loopback(), "receiver default {endpoint}");
+    }
+}
