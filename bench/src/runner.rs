@@ -365,10 +365,11 @@ async fn tracekeeper_phase(
     proc.stop()?;
     let mut phase = summarize(&name, workload, &load, sink, cpu, mem);
     phase.lateness_ms = lateness(workload, &load, sink, wait);
-    phase.rss_per_buffered_span = buffer_memory(workload, &samples, idle);
     if keep_all {
         phase.lost = Some(lost(workload, &load, sink));
     } else {
+        // Only this phase holds enough spans (rate × decision_wait) for a per-span figure.
+        phase.rss_per_buffered_span = buffer_memory(workload, &samples, idle);
         phase.errors_kept = Some(errors_kept(workload, &load, sink));
     }
     report_phase(&phase);
