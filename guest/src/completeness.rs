@@ -369,12 +369,27 @@ impl Tracker {
                         self.touched.push(id);
                     }
                 }
-                for link in span.links.clone() {
-                    let Ok((t, s)) = link else { break };
-                    if self.index.consume_link((t, s), now) == Consumed::First {
-                        self.touched.push(t);
-                    }
-                }
+                self.consume_links(span, now);
+            }
+        }
+    }
+
+    /// Records a span of a trace another instance owns, sent for its links into this instance's
+    /// traces (the WIT `shard` interface): if it is a consumer, its links consume their
+    /// messages here.
+    pub fn add_foreign_span(&mut self, span: &SpanView<'_>, now: u64) {
+        let attrs = self.messaging_attrs(span.attributes.clone());
+        if messaging::classify(span.fixed.kind, attrs.operation) == Role::Consumer {
+            self.consume_links(span, now);
+        }
+    }
+
+    /// A consumer's links consume the messages they point to.
+    fn consume_links(&mut self, span: &SpanView<'_>, now: u64) {
+        for link in span.links.clone() {
+            let Ok((t, s)) = link else { break };
+            if self.index.consume_link((t, s), now) == Consumed::First {
+                self.touched.push(t);
             }
         }
     }

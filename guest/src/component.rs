@@ -1,22 +1,26 @@
-//! The `sampler-guest` component: the WIT `sampler` interface, each call delegated to one
-//! [`Sampler`] held for the life of the instance (wasm instances are single-threaded).
+//! The `sharded-sampler-guest` component: the WIT `sampler` and `shard` interfaces, each call
+//! delegated to one [`Sampler`] held for the life of the instance (wasm instances are
+//! single-threaded).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use crate::{Interest, Sampler};
 
 wit_bindgen::generate!({
-    world: "sampler-guest",
+    world: "sharded-sampler-guest",
     path: "../wit",
 });
 
 use exports::tracekeeper::sampler::sampler as wit;
+use exports::tracekeeper::sampler::shard as wit_shard;
 
 /// The message of every call made before a successful `configure`.
 const NOT_CONFIGURED: &str = "not configured";
 
 thread_local! {
     static SAMPLER: RefCell<Option<Sampler>> = const { RefCell::new(None) };
+    /// Instances of the host (`set-shard`), 1 unless told otherwise.
+    static SHARDS: Cell<u32> = const { Cell::new(1) };
 }
 
 /// Runs `f` on the configured sampler.
@@ -62,7 +66,7 @@ impl wit::Guest for Component {
                     "already configured; a new configuration needs a new instance".to_owned(),
                 );
             }
-            let (sampler, interest) = Sampler::configure(&config)?;
+            let (sampler, interest) = Sampler::configure_shard(&config, SHARDS.with(Cell::get))?;
             *slot = Some(sampler);
             Ok(interest.into())
         })
@@ -82,6 +86,17 @@ impl wit::Guest for Component {
 
     fn flush(now: u64) -> Result<Vec<u8>, String> {
         with_sampler(|s| Ok(s.flush(now)))
+    }
+}
+
+impl wit_shard::Guest for Component {
+    /// Remembered for `configure`, which divides the configuration's rates by `count`.
+    fn set_shard(_index: u32, count: u32) {
+        SHARDS.with(|c| c.set(count.max(1)));
+    }
+
+    fn links(batch: Vec<u8>, now: u64) -> Result<Vec<u8>, String> {
+        with_sampler(|s| s.links(&batch, now))
     }
 }
 

@@ -1,9 +1,10 @@
 //! The default tracekeeper sampler: tail-sampling policies, completeness tagging and decisions.
 //!
 //! The logic is a plain Rust library ([`Sampler`]) so it can be tested natively; compiled for
-//! `wasm32` it is also the `sampler-guest` component (see `component.rs`), which delegates every
-//! call of the WIT `sampler` interface to one [`Sampler`]. The guest does no I/O: the host passes
-//! the configuration, the span views and the clock, and receives decision buffers.
+//! `wasm32` it is also the `sharded-sampler-guest` component (see `component.rs`), which delegates every
+//! call of the WIT `sampler` interface (and of the optional `shard` interface) to one
+//! [`Sampler`]. The guest does no I/O: the host passes the configuration, the span views and the
+//! clock, and receives decision buffers.
 
 pub mod completeness;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod interest;
 pub mod policy;
 pub mod sampler;
 pub mod schedule;
+pub mod shard;
 pub mod threshold;
 pub mod trace;
 pub mod verdict;

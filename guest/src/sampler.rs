@@ -44,6 +44,14 @@ impl Sampler {
         Sampler::from_config(ProcessorsConfig::from_json(config_json)?)
     }
 
+    /// [`Sampler::configure`] for one of `shards` instances of one host: the configuration's
+    /// rate budgets are divided among them (see [`crate::shard`]).
+    pub fn configure_shard(config_json: &str, shards: u32) -> Result<(Sampler, Interest), String> {
+        let mut config = ProcessorsConfig::from_json(config_json)?;
+        crate::shard::share_config(&mut config.tail_sampling, shards);
+        Sampler::from_config(config)
+    }
+
     /// Builds the sampler from a parsed configuration.
     pub fn from_config(config: ProcessorsConfig) -> Result<(Sampler, Interest), String> {
         config.validate()?;
@@ -120,6 +128,24 @@ impl Sampler {
         self.completeness
             .release(&mut self.traces, &mut self.queue, now);
         Ok(self.tick_into(out, now))
+    }
+
+    /// Applies the links of spans that belong to other instances' traces (the WIT `shard`
+    /// interface's `links`): a consumer linking to a producer of a trace here consumes its
+    /// message. The spans are not buffered. Then decides the traces due at `now` (a trace held
+    /// for its consumers may be released by these links).
+    pub fn links(&mut self, batch: &[u8], now: u64) -> Result<Vec<u8>, String> {
+        let reader =
+            BatchReader::new(batch).map_err(|e| format!("malformed span batch header: {e}"))?;
+        for (i, record) in reader.enumerate() {
+            match record.map_err(|e| format!("malformed span batch at record {i}: {e}"))? {
+                Record::Resource(_) => {}
+                Record::Span(span) => self.completeness.add_foreign_span(&span, now),
+            }
+        }
+        self.completeness
+            .release(&mut self.traces, &mut self.queue, now);
+        Ok(self.tick_into(DecisionWriter::new(), now))
     }
 
     fn add_span(&mut self, span: &SpanView<'_>, service: &str, now: u64) {

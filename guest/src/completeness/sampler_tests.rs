@@ -667,3 +667,77 @@ fn ten_thousand_healthy_traces_have_no_false_incompletes() {
     let checkout_root = roots.iter().find(|x| x.1 == "POST /checkout").unwrap();
     assert_eq!(checkout_root.5, 0);
 }
+
+impl Run {
+    /// The host's `links` call: `spans` belong to traces of another instance.
+    fn links(&mut self, spans: &[Sp], now: u64) -> Answer {
+        let b = batch(&self.interest, spans);
+        let a = read(&self.s.links(&b, now).unwrap());
+        self.keep(a)
+    }
+}
+
+#[test]
+fn links_from_another_instance_consume_messages_here_and_release_held_traces() {
+    // Two instances, as with two shards: the producer's trace is on `a`, the consumer's on `b`.
+    let mut a = Run::new("10s", "[]");
+    let mut b = Run::new("10s", "[]");
+    let (p, c) = (tid(1), tid(2));
+    a.ingest(&checkout(p), T0);
+    // Due at 1s, held for its consumer (consumer_wait 10s).
+    let held = a.tick(T0 + SEC);
+    assert!(held.decisions.is_empty(), "{:?}", held.decisions);
+    // The consumer arrives on `b`; the host sends its view to `a` for the link into `a`.
+    let consumer = linked_consumer(c, p);
+    b.ingest(&consumer, T0 + 2 * SEC);
+    let released = a.links(&consumer, T0 + 2 * SEC);
+    assert_eq!(released.decisions.len(), 1, "released at once");
+    assert_eq!(a.decision(p).completeness, Completeness::Complete);
+    assert_eq!(a.queue_totals("order_confirmed"), (1, 1, 0));
+    // The consumer's spans are not buffered on `a`: nothing else is ever decided there.
+    a.flush(T0 + 30 * SEC);
+    assert_eq!(a.decided.len(), 1, "{:?}", a.decided);
+    // `b` decides the consumer's own trace, complete.
+    b.tick(T0 + 3 * SEC);
+    assert_eq!(b.decision(c).completeness, Completeness::Complete);
+}
+
+#[test]
+fn links_of_spans_that_are_not_consumers_consume_nothing() {
+    let mut a = Run::new("10s", "[]");
+    let (p, c) = (tid(1), tid(2));
+    a.ingest(&checkout(p), T0);
+    // An INTERNAL span linking to the producer is not a consumer.
+    let linker = vec![sp("audit", c, 1, 0, "audit", KIND_INTERNAL).link(p, 5)];
+    let answer = a.links(&linker, T0 + SEC / 2);
+    assert!(answer.decisions.is_empty());
+    a.tick(T0 + SEC);
+    // Held for a consumer that never comes, then decided incomplete.
+    a.tick(T0 + 11 * SEC);
+    let d = a.decision(p);
+    assert_eq!(d.completeness, Completeness::Incomplete, "{d:?}");
+    assert!(d.missing.iter().any(|m| m.starts_with("consumer:")), "{d:?}");
+}
+
+#[test]
+fn a_sharded_instance_divides_its_rate_limits() {
+    let json = r#"{"tail_sampling": {"decision_wait": "1s", "policies": [
+        {"name": "rate", "type": "rate_limiting",
+         "rate_limiting": {"spans_per_second": 10, "burst_capacity": 10}}]}}"#;
+    let keep_count = |s: &mut Sampler, interest: &Interest| {
+        // 20 one-span traces in one second: the bucket holds the burst.
+        let spans: Vec<Sp> = (0..20)
+            .map(|i| sp("svc", tid(100 + i), 1, 0, "op", KIND_SERVER))
+            .collect();
+        s.ingest(&batch(interest, &spans), T0).unwrap();
+        read(&s.tick(T0 + SEC))
+            .decisions
+            .iter()
+            .filter(|d| d.decision == Decision::Sampled)
+            .count()
+    };
+    let (mut whole, i1) = Sampler::configure(json).unwrap();
+    let (mut half, i2) = Sampler::configure_shard(json, 2).unwrap();
+    assert_eq!(keep_count(&mut whole, &i1), 10);
+    assert_eq!(keep_count(&mut half, &i2), 5);
+}
