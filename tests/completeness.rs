@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::{Link, SpanKind};
+use tracekeeper::shard::shard_of;
 
 const SCOPE: &str = "checkout-demo";
 const PRODUCER_NAME: &str = "publish order_confirmed";
@@ -61,6 +62,16 @@ fn start(decision_wait: &str, consumer_wait: &str) -> (Receiver, Host) {
     let receiver = Receiver::start();
     let ports = Ports::new();
     let yaml = config(&ports, receiver.port, decision_wait, consumer_wait);
+    let host = Host::start_yaml(ports, &yaml);
+    (receiver, host)
+}
+
+/// [`start`] with `workers` guest instances (`guest.workers`).
+fn start_workers(decision_wait: &str, consumer_wait: &str, workers: u32) -> (Receiver, Host) {
+    let receiver = Receiver::start();
+    let ports = Ports::new();
+    let mut yaml = config(&ports, receiver.port, decision_wait, consumer_wait);
+    yaml.push_str(&format!("guest: {{workers: {workers}}}\n"));
     let host = Host::start_yaml(ports, &yaml);
     (receiver, host)
 }
@@ -537,5 +548,97 @@ fn children_before_parents_across_batches_never_look_orphaned() {
     }
     let got = receiver.wait_for(&b.sent.keys(), "the trace sent leaves first", &host);
     assert_kept(&got, &b.sent, "baseline", "complete");
+    host.terminate_cleanly();
+}
+
+#[test]
+fn linked_consumers_on_other_workers_complete_their_producers() {
+    const WORKERS: u32 = 4;
+    const PAIRS: usize = 12;
+    const DEAD: usize = 4;
+    let rt = runtime();
+    let (receiver, mut host) = start_workers("500ms", "5s", WORKERS);
+    let worker = |t: &[u8; 16]| shard_of(&tracekeeper_abi::TraceId(*t), WORKERS);
+    let mut healthy: Vec<SentTrace> = Vec::new();
+    let mut crossed = std::collections::HashSet::new();
+    for i in 0..PAIRS {
+        let (b, producer) = checkout();
+        // A consumer trace that another worker owns than the producer's trace.
+        let c = loop {
+            let c = linked_consumer(&b.sent.trace_id, &producer);
+            if worker(&c.sent.trace_id) != worker(&b.sent.trace_id) {
+                break c;
+            }
+        };
+        crossed.insert((worker(&b.sent.trace_id), worker(&c.sent.trace_id)));
+        // Half the consumers come first, some in the same request as their producer.
+        match i % 3 {
+            0 => {
+                send(&rt, &host, b.request());
+                send(&rt, &host, c.request());
+            }
+            1 => {
+                send(&rt, &host, c.request());
+                send(&rt, &host, b.request());
+            }
+            _ => {
+                let mut both = c.request();
+                both.resource_spans.extend(b.request().resource_spans);
+                send(&rt, &host, both);
+            }
+        }
+        healthy.push(b.sent);
+        healthy.push(c.sent);
+    }
+    assert!(
+        crossed.len() > 1,
+        "pairs crossed between several workers: {crossed:?}"
+    );
+    let mut dead: Vec<SentTrace> = Vec::new();
+    for _ in 0..DEAD {
+        let (b, _) = checkout();
+        send(&rt, &host, b.request());
+        dead.push(b.sent);
+    }
+    let got = receiver.wait_for(
+        &keys(&healthy.iter().chain(&dead).collect::<Vec<_>>()),
+        "every trace, decided by its own worker",
+        &host,
+    );
+    // No producer waited out consumer_wait for a consumer another worker had seen.
+    for t in &healthy {
+        assert_kept(&got, t, "baseline", "complete");
+    }
+    for t in &dead {
+        for r in assert_kept(&got, t, "incomplete", "incomplete") {
+            assert_eq!(
+                r.attr_str_array("tracekeeper.completeness.missing"),
+                Some(vec![MISSING_CONSUMER.to_owned()]),
+            );
+        }
+    }
+    // The metrics add up over the workers.
+    wait_metric(
+        &host,
+        "tracekeeper_messages_produced_total",
+        &QUEUE,
+        "every message counted once as produced",
+        |v| v == (PAIRS + DEAD) as f64,
+    );
+    wait_metric(
+        &host,
+        "tracekeeper_messages_consumed_total",
+        &QUEUE,
+        "every linked message counted once as consumed",
+        |v| v == PAIRS as f64,
+    );
+    let want = PAIRS as f64 / (PAIRS + DEAD) as f64;
+    wait_metric(
+        &host,
+        "tracekeeper_trace_completeness_ratio",
+        &CHECKOUT_ROOT,
+        "the checkout ratio over every worker's window",
+        |v| (v - want).abs() < 1e-9,
+    );
     host.terminate_cleanly();
 }

@@ -202,7 +202,9 @@ fn block_on_overflow_refuses_then_accepts() {
     let mut sink = Sink::new(free_port());
     sink.start();
     let extra = "    num_traces: 5\n    block_on_overflow: true\n";
-    let mut host = Host::start_yaml(ports, &yaml(&ports, sink.port, "2s", extra));
+    // One worker: with several, each holds its share of num_traces (see README).
+    let config = yaml(&ports, sink.port, "2s", extra) + "guest: {workers: 1}\n";
+    let mut host = Host::start_yaml(ports, &config);
 
     let mut accepted = Vec::new();
     let mut refused = None;
@@ -286,10 +288,10 @@ fn full_buffer_decides_oldest_early_and_loses_nothing() {
     let ports = Ports::new();
     let mut sink = Sink::new(free_port());
     sink.start();
-    let mut host = Host::start_yaml(
-        ports,
-        &yaml(&ports, sink.port, "60s", "    num_traces: 5\n"),
-    );
+    // One worker, so that exactly the 15 oldest traces are over num_traces (with several, each
+    // worker holds its share of num_traces and decides its own oldest early).
+    let config = yaml(&ports, sink.port, "60s", "    num_traces: 5\n") + "guest: {workers: 1}\n";
+    let mut host = Host::start_yaml(ports, &config);
     let mut accepted = Vec::new();
     let mut early_ids = Vec::new();
     for i in 0..20 {

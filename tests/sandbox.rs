@@ -714,6 +714,35 @@ fn a_guest_built_against_another_contract_version_is_refused_clearly() {
 }
 
 #[test]
+fn several_workers_need_a_guest_with_the_shard_interface() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let yaml = unruly_config(&ports, 1, "1s", "", "  workers: 2");
+    let config = write_config(dir.path(), "config.yaml", &yaml);
+    let (status, _, stderr) = run_binary(
+        &["validate", "--config", config.to_str().unwrap()],
+        &[],
+        EXIT_TIMEOUT,
+    );
+    assert!(
+        !status.success(),
+        "validate accepted 2 workers for a guest without `shard`"
+    );
+    for needle in ["guest.workers", "tracekeeper:sampler/shard@1.0.0"] {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr}");
+    }
+    // Without the key the same guest runs as a single worker.
+    let yaml = unruly_config(&ports, 1, "1s", "", "");
+    let config = write_config(dir.path(), "config.yaml", &yaml);
+    let (status, _, stderr) = run_binary(
+        &["validate", "--config", config.to_str().unwrap()],
+        &[],
+        EXIT_TIMEOUT,
+    );
+    assert!(status.success(), "{stderr}");
+}
+
+#[test]
 fn sandbox_limits_are_checked_in_the_config() {
     let dir = tempfile::tempdir().unwrap();
     for (guest, needle) in [
@@ -726,6 +755,8 @@ fn sandbox_limits_are_checked_in_the_config() {
             "guest.retry_initial_interval",
         ),
         ("stack_limt_kib: 512", "guest.stack_limt_kib"),
+        ("workers: 0", "guest.workers"),
+        ("workers: 65", "guest.workers"),
     ] {
         let guest = if guest.starts_with('{') {
             guest.to_string()

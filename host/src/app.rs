@@ -10,8 +10,10 @@ use tokio::sync::mpsc;
 
 use crate::config::{Config, DEFAULT_EXPORTER_UNHEALTHY_AFTER, DEFAULT_SHUTDOWN_TIMEOUT, resolve};
 use crate::export::{self, Exporter};
-use crate::guest::{GuestLimits, GuestModule};
-use crate::receiver::{self, Ingest};
+use crate::guest::{GuestLimits, GuestModule, SHARD_EXPORT_NAME, Shard};
+use crate::otlp::view::Interest;
+use crate::receiver::{self, Ingest, WorkerQueue};
+use crate::shard::{ShardStates, default_workers};
 use crate::shutdown;
 use crate::telemetry::{self, Health, Metrics};
 use crate::worker::{
@@ -27,11 +29,42 @@ pub fn load_guest(config: &Config, guest: Option<&Path>) -> anyhow::Result<Guest
     GuestModule::load(path, limits)
 }
 
-/// Checks a config completely, including the guest's part (by configuring a guest instance).
+/// Checks a config completely, including the guest's part (by configuring a guest instance,
+/// as the first of the workers the config asks for).
 pub fn validate(config: &Config, guest: Option<&Path>) -> anyhow::Result<()> {
     let module = load_guest(config, guest)?;
-    module.instantiate(&config.guest_json())?;
+    let count = worker_count(config, &module)?;
+    module.instantiate_shard(&config.guest_json(), Shard { index: 0, count })?;
     Ok(())
+}
+
+/// How many workers (guest instances) to run: `guest.workers`, or by default one per CPU (at
+/// most [`crate::shard::MAX_DEFAULT_WORKERS`]) when the guest exports the `shard` interface and
+/// 1 when it does not. More than one needs that interface.
+pub fn worker_count(config: &Config, module: &GuestModule) -> anyhow::Result<u32> {
+    match config.guest.workers {
+        Some(n) if n > 1 && !module.shardable() => anyhow::bail!(
+            "guest.workers: {n} workers need a guest that exports `{SHARD_EXPORT_NAME}`, and \
+             guest {} does not; set guest.workers to 1 (or leave it out)",
+            module.name()
+        ),
+        Some(n) => Ok(n.max(1)),
+        None if module.shardable() => Ok(default_workers()),
+        None => Ok(1),
+    }
+}
+
+/// One worker's share of settings made for the whole process: the buffer limits and decision
+/// caches divided among `count` workers (rounded up).
+pub fn share_settings(settings: &WorkerSettings, count: u32) -> WorkerSettings {
+    let n = count.max(1) as usize;
+    WorkerSettings {
+        num_traces: settings.num_traces.div_ceil(n).max(1),
+        memory_limit_bytes: settings.memory_limit_bytes.div_ceil(n).max(1),
+        sampled_cache: settings.sampled_cache.div_ceil(n),
+        non_sampled_cache: settings.non_sampled_cache.div_ceil(n),
+        ..settings.clone()
+    }
 }
 
 /// The worker's settings from a configuration.
@@ -117,37 +150,62 @@ pub async fn run_with_reload(
     let (export_tx, export_task) =
         export::spawn(exporter, Arc::clone(&metrics), Arc::clone(&health));
     let settings = worker_settings(&config)?;
-    let (worker, interest) = Worker::new(
-        module,
-        settings,
-        export_tx,
-        Arc::clone(&metrics),
-        Arc::clone(&health),
-    )
-    .context("configuring the guest")?;
-    let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE_LEN);
-    let due = worker.due();
-    let pressure = worker.pressure();
-    let worker_stack = worker.thread_stack_size();
-    let worker_health = Arc::clone(&health);
-    let worker_thread = std::thread::Builder::new()
-        .name("tracekeeper-worker".into())
-        .stack_size(worker_stack)
-        .spawn(move || {
-            let run = std::panic::AssertUnwindSafe(|| worker.run(ingest_rx));
-            if std::panic::catch_unwind(run).is_err() {
-                // A bug in the host, not in the guest (guest faults are handled in the worker).
-                // Say so loudly and exit, so an orchestrator restarts the sidecar.
-                worker_health.set_ready(false);
-                tracing::error!("the worker thread panicked; exiting");
-                std::process::exit(70);
-            }
-        })
-        .context("starting the worker thread")?;
+    let count = worker_count(&config, &module)?;
+    let shared = share_settings(&settings, count);
+    let states = Arc::new(ShardStates::new(count));
+    let interest = Arc::new(std::sync::RwLock::new(Arc::new(Interest::default())));
     let (clock_stop, clock_shutdown) = shutdown::pair();
-    let clock_task = tokio::spawn(clock(due, ingest_tx.clone(), clock_shutdown));
-    let control = ingest_tx.clone();
-    let ingest = Ingest::new(ingest_tx, interest, Arc::clone(&metrics)).with_pressure(pressure);
+    let mut queues = Vec::new();
+    let mut controls = Vec::new();
+    let mut worker_threads = Vec::new();
+    let mut clock_tasks = Vec::new();
+    let mut worker_stack = 0;
+    for index in 0..count {
+        let worker = Worker::new(
+            module.clone(),
+            shared.clone(),
+            Shard { index, count },
+            Arc::clone(&states),
+            Arc::clone(&interest),
+            export_tx.clone(),
+            Arc::clone(&metrics),
+            Arc::clone(&health),
+        )
+        .context("configuring the guest")?;
+        let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE_LEN);
+        let due = worker.due();
+        queues.push(WorkerQueue {
+            tx: ingest_tx.clone(),
+            pressure: worker.pressure(),
+        });
+        worker_stack = worker.thread_stack_size();
+        let worker_health = Arc::clone(&health);
+        let thread = std::thread::Builder::new()
+            .name(format!("tracekeeper-worker-{index}"))
+            .stack_size(worker_stack)
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| worker.run(ingest_rx));
+                if std::panic::catch_unwind(run).is_err() {
+                    // A bug in the host, not in the guest (guest faults are handled in the
+                    // worker). Say so loudly and exit, so an orchestrator restarts the sidecar.
+                    worker_health.set_ready(false);
+                    tracing::error!("the worker thread panicked; exiting");
+                    std::process::exit(70);
+                }
+            })
+            .context("starting a worker thread")?;
+        worker_threads.push(thread);
+        clock_tasks.push(tokio::spawn(clock(
+            due,
+            ingest_tx.clone(),
+            clock_shutdown.clone(),
+        )));
+        controls.push(ingest_tx);
+    }
+    drop(export_tx);
+    drop(clock_shutdown);
+    tracing::info!(workers = count, "workers started");
+    let ingest = Ingest::new(queues, interest, Arc::clone(&metrics), states);
 
     let (receivers_stop, receivers_shutdown) = shutdown::pair();
     let mut servers = Vec::new();
@@ -183,7 +241,7 @@ pub async fn run_with_reload(
 
     while let Signal::Reload = wait_for_signal().await {
         match config_path {
-            Some(path) => reload(path, guest, worker_stack, &control).await,
+            Some(path) => reload(path, guest, worker_stack, &controls).await,
             None => tracing::warn!("SIGHUP: no --config file to re-read (embedded default config)"),
         }
     }
@@ -203,11 +261,20 @@ pub async fn run_with_reload(
             }
         }
         clock_stop.trigger();
-        let _ = clock_task.await;
-        // Queued batches come first; then the worker decides what is pending, flushes and ends.
-        let _ = control.send(WorkerMsg::Shutdown).await;
-        drop(control);
-        let _ = tokio::task::spawn_blocking(move || worker_thread.join()).await;
+        for task in clock_tasks {
+            let _ = task.await;
+        }
+        // Queued batches come first; then each worker decides what is pending, flushes and ends.
+        for control in &controls {
+            let _ = control.send(WorkerMsg::Shutdown).await;
+        }
+        drop(controls);
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in worker_threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
         let _ = export_task.await;
     })
     .await;
@@ -233,7 +300,7 @@ async fn reload(
     path: &Path,
     guest: Option<&Path>,
     worker_stack: usize,
-    control: &mpsc::Sender<WorkerMsg>,
+    controls: &[mpsc::Sender<WorkerMsg>],
 ) {
     tracing::info!(config = %path.display(), "SIGHUP: re-reading the configuration");
     // Reading and compiling the guest is blocking work: off the runtime's threads.
@@ -243,12 +310,13 @@ async fn reload(
             .with_context(|| format!("reading {}", file.display()))?;
         let config = Config::parse(&text)?;
         let settings = worker_settings(&config)?;
-        anyhow::Ok((load_guest(&config, guest_path.as_deref())?, settings))
+        let module = load_guest(&config, guest_path.as_deref())?;
+        anyhow::Ok((config.guest.workers, module, settings))
     })
     .await
     .map_err(|e| anyhow::anyhow!("loading the new configuration failed: {e}"))
     .and_then(|r| r);
-    let (module, settings) = match prepared {
+    let (workers, module, settings) = match prepared {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(
@@ -269,13 +337,33 @@ async fn reload(
         );
         return;
     }
+    let count = u32::try_from(controls.len()).unwrap_or(u32::MAX);
+    if count > 1 && !module.shardable() {
+        tracing::error!(
+            "reload rejected: {count} workers are running and guest {} does not export `{}`; \
+             restart with guest.workers: 1 to use it",
+            module.name(),
+            SHARD_EXPORT_NAME
+        );
+        return;
+    }
+    if workers.is_some_and(|w| w != count) {
+        tracing::warn!("guest.workers is not reloaded ({count} running); restart to change it");
+    }
     tracing::info!("reload: receivers, exporters, extensions and service are not reloaded");
-    if control
-        .send(WorkerMsg::Reload(Box::new(Reload { module, settings })))
-        .await
-        .is_err()
-    {
-        tracing::error!("reload: the worker has stopped");
+    let settings = share_settings(&settings, count);
+    for control in controls {
+        let reload = Reload {
+            module: module.clone(),
+            settings: settings.clone(),
+        };
+        if control
+            .send(WorkerMsg::Reload(Box::new(reload)))
+            .await
+            .is_err()
+        {
+            tracing::error!("reload: a worker has stopped");
+        }
     }
 }
 

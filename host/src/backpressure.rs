@@ -5,7 +5,7 @@
 //! - the trace buffer is at `num_traces` or `memory_limit_mib` and `block_on_overflow` is on:
 //!   the worker raises the [`Pressure`] flag after each batch and the receivers refuse new
 //!   requests at once;
-//! - the worker's queue stays full for [`INGEST_QUEUE_WAIT`] (the worker itself is blocked, e.g.
+//! - a worker's queue stays full for [`INGEST_QUEUE_WAIT`] (the worker itself is blocked, e.g.
 //!   on a full export queue while the exporter's target is down).
 //!
 //! Either way a request is refused as a whole, before any of its spans is queued, with a
@@ -18,9 +18,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::SendTimeoutError;
 
-use crate::telemetry::{Metrics, QueueLabel, ReasonLabel};
+use crate::shard::ShardStates;
+use crate::telemetry::{Metrics, ReasonLabel};
 
 /// Longest wait for room on the worker's queue before a request is refused as retryable.
 pub const INGEST_QUEUE_WAIT: Duration = Duration::from_secs(1);
@@ -56,14 +56,29 @@ pub enum Refusal {
     Closed,
 }
 
-/// Queues `msg` for the worker unless the pipeline is full: refused at once while `pressure` is
-/// raised, or after [`INGEST_QUEUE_WAIT`] without room on the queue. Refusals are counted in
+/// One message for one worker's queue.
+#[derive(Debug)]
+pub struct Delivery<'a, T> {
+    /// The worker (index in [`ShardStates`]).
+    pub shard: u32,
+    /// Its queue.
+    pub tx: &'a mpsc::Sender<T>,
+    /// Its "full" flag.
+    pub pressure: &'a Pressure,
+    /// The message.
+    pub msg: T,
+}
+
+/// Queues each message for its worker, all or none, unless the pipeline is full: refused at
+/// once while any target's `pressure` is raised, or after [`INGEST_QUEUE_WAIT`] without room on
+/// every target queue. Room is reserved on every queue (in the given order, so two requests
+/// never wait on each other) before anything is sent, so a refused request left nothing behind
+/// and the client's retry duplicates nothing. Refusals are counted in
 /// `tracekeeper_requests_refused_total{reason}`.
 pub async fn enqueue<T>(
-    tx: &mpsc::Sender<T>,
-    pressure: &Pressure,
+    deliveries: Vec<Delivery<'_, T>>,
     metrics: &Metrics,
-    msg: T,
+    states: &ShardStates,
 ) -> Result<(), Refusal> {
     let refused = |reason: &'static str| {
         metrics
@@ -72,19 +87,35 @@ pub async fn enqueue<T>(
             .inc();
         Refusal::Busy
     };
-    if pressure.is_full() {
+    if deliveries.iter().any(|d| d.pressure.is_full()) {
         return Err(refused("buffer_full"));
     }
-    let result = tx.send_timeout(msg, INGEST_QUEUE_WAIT).await;
-    metrics
-        .queue_length
-        .get_or_create(&QueueLabel { queue: "ingest" })
-        .set((tx.max_capacity() - tx.capacity()) as i64);
-    match result {
-        Ok(()) => Ok(()),
-        Err(SendTimeoutError::Timeout(_)) => Err(refused("queue_full")),
-        Err(SendTimeoutError::Closed(_)) => Err(Refusal::Closed),
+    let (targets, msgs): (Vec<(u32, &mpsc::Sender<T>)>, Vec<T>) = deliveries
+        .into_iter()
+        .map(|d| ((d.shard, d.tx), d.msg))
+        .unzip();
+    let reserved = tokio::time::timeout(INGEST_QUEUE_WAIT, async {
+        let mut permits = Vec::with_capacity(targets.len());
+        for (_, tx) in &targets {
+            permits.push(tx.reserve().await?);
+        }
+        Ok::<_, mpsc::error::SendError<()>>(permits)
+    })
+    .await;
+    let result = match reserved {
+        Err(_) => Err(refused("queue_full")),
+        Ok(Err(_)) => Err(Refusal::Closed),
+        Ok(Ok(permits)) => {
+            for (permit, msg) in permits.into_iter().zip(msgs) {
+                permit.send(msg);
+            }
+            Ok(())
+        }
+    };
+    for (shard, tx) in &targets {
+        states.set_ingest_queue(metrics, *shard, tx.max_capacity() - tx.capacity());
     }
+    result
 }
 
 /// `google.rpc.Status`, carried in `grpc-status-details-bin`.
@@ -161,6 +192,7 @@ pub fn retry_after_header() -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::shard::ShardStates;
 
     #[test]
     fn busy_status_carries_retry_info() {
@@ -176,31 +208,89 @@ mod tests {
         assert!(grpc_status(Refusal::Closed).details().is_empty());
     }
 
+    fn one<'a>(
+        tx: &'a mpsc::Sender<u32>,
+        pressure: &'a Pressure,
+        msg: u32,
+    ) -> Vec<Delivery<'a, u32>> {
+        vec![Delivery {
+            shard: 0,
+            tx,
+            pressure,
+            msg,
+        }]
+    }
+
     #[tokio::test]
     async fn refuses_while_full_and_when_the_queue_stays_full() {
         let metrics = Metrics::new();
+        let states = ShardStates::new(1);
         let pressure = Pressure::default();
         let (tx, mut rx) = mpsc::channel(1);
-        assert_eq!(enqueue(&tx, &pressure, &metrics, 1).await, Ok(()));
+        let send = |msg| enqueue(one(&tx, &pressure, msg), &metrics, &states);
+        assert_eq!(send(1).await, Ok(()));
         pressure.set_full(true);
-        assert_eq!(
-            enqueue(&tx, &pressure, &metrics, 2).await,
-            Err(Refusal::Busy)
-        );
+        assert_eq!(send(2).await, Err(Refusal::Busy));
         pressure.set_full(false);
         // The queue (capacity 1) holds 1: the bounded wait ends in a refusal.
-        assert_eq!(
-            enqueue(&tx, &pressure, &metrics, 3).await,
-            Err(Refusal::Busy)
-        );
+        assert_eq!(send(3).await, Err(Refusal::Busy));
         assert_eq!(rx.recv().await, Some(1));
         drop(rx);
-        assert_eq!(
-            enqueue(&tx, &pressure, &metrics, 4).await,
-            Err(Refusal::Closed)
-        );
+        assert_eq!(send(4).await, Err(Refusal::Closed));
         let text = metrics.render();
         assert!(text.contains("tracekeeper_requests_refused_total{reason=\"buffer_full\"} 1"));
         assert!(text.contains("tracekeeper_requests_refused_total{reason=\"queue_full\"} 1"));
+    }
+
+    #[tokio::test]
+    async fn a_request_for_several_workers_is_queued_whole_or_not_at_all() {
+        let metrics = Metrics::new();
+        let states = ShardStates::new(2);
+        let (p0, p1) = (Pressure::default(), Pressure::default());
+        let (tx0, mut rx0) = mpsc::channel(4);
+        let (tx1, mut rx1) = mpsc::channel(1);
+        let both = |a, b| {
+            vec![
+                Delivery {
+                    shard: 0,
+                    tx: &tx0,
+                    pressure: &p0,
+                    msg: a,
+                },
+                Delivery {
+                    shard: 1,
+                    tx: &tx1,
+                    pressure: &p1,
+                    msg: b,
+                },
+            ]
+        };
+        assert_eq!(enqueue(both(1, 2), &metrics, &states).await, Ok(()));
+        // Worker 1's queue is full: nothing of the next request reaches worker 0 either.
+        assert_eq!(
+            enqueue(both(3, 4), &metrics, &states).await,
+            Err(Refusal::Busy)
+        );
+        // Worker 1 full by its flag: refused at once, nothing queued.
+        assert_eq!(rx1.recv().await, Some(2));
+        p1.set_full(true);
+        assert_eq!(
+            enqueue(both(5, 6), &metrics, &states).await,
+            Err(Refusal::Busy)
+        );
+        assert_eq!(rx0.recv().await, Some(1));
+        assert!(
+            rx0.try_recv().is_err(),
+            "refused requests left nothing behind"
+        );
+        assert!(rx1.try_recv().is_err());
+        // The ingest queue gauge is the sum over the workers.
+        p1.set_full(false);
+        assert_eq!(enqueue(both(7, 8), &metrics, &states).await, Ok(()));
+        let text = metrics.render();
+        assert!(
+            text.contains("tracekeeper_queue_length{queue=\"ingest\"} 2"),
+            "{text}"
+        );
     }
 }

@@ -31,10 +31,22 @@ pub const MAX_LABEL_LEN: usize = 256;
 
 const NANOS_PER_SECOND: f64 = 1e9;
 
-/// What the last metrics section said about the gauges.
+/// What the last metrics section of one guest instance (worker) said about the gauges.
+#[derive(Debug, Default)]
+struct WorkerGauges {
+    /// Production time (Unix ns, 0 = none) of the oldest unconsumed message, per queue.
+    oldest: HashMap<QueueLabels, u64>,
+    /// Sliding-window (complete, incomplete) counts per root type.
+    windows: HashMap<RootLabels, (u64, u64)>,
+}
+
+/// The gauges of every worker, and what they add up to.
 #[derive(Debug, Default)]
 struct Snapshot {
-    /// Production time (Unix ns, 0 = none) of the oldest unconsumed message, per queue.
+    /// Per worker (index = worker).
+    workers: Vec<WorkerGauges>,
+    /// Production time (Unix ns, 0 = none) of the oldest unconsumed message, per queue, over
+    /// every worker.
     oldest: HashMap<QueueLabels, u64>,
     /// Root types with a ratio series.
     ratios: HashSet<RootLabels>,
@@ -71,20 +83,20 @@ fn now_unix_nanos() -> u64 {
 /// Records the metrics section of a decision batch, if it has one: the worker's hook, called with
 /// every answer of the guest. Reading the section checks the whole batch, so nothing is recorded
 /// from a malformed one; the worker's own reading of the batch reports it (fail open).
-pub fn record(metrics: &Metrics, batch: &[u8]) {
-    if let Err(e) = try_record(metrics, batch) {
+pub fn record(metrics: &Metrics, worker: u32, batch: &[u8]) {
+    if let Err(e) = try_record(metrics, worker, batch) {
         tracing::debug!("decision batch metrics not recorded: {e}");
     }
 }
 
 /// [`record`], with the reason a malformed batch was not recorded.
-pub fn try_record(metrics: &Metrics, batch: &[u8]) -> Result<(), LayoutError> {
+pub fn try_record(metrics: &Metrics, worker: u32, batch: &[u8]) -> Result<(), LayoutError> {
     let reader = DecisionReader::new(batch)?;
     if !reader.has_metrics() {
         return Ok(());
     }
     if let Some(view) = reader.into_metrics()? {
-        metrics.completeness.apply(metrics, &view);
+        metrics.completeness.apply(metrics, worker, &view);
     }
     Ok(())
 }
@@ -96,8 +108,10 @@ impl CompletenessMetrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Applies one metrics section.
-    pub fn apply(&self, metrics: &Metrics, view: &MetricsView<'_>) {
+    /// Applies one metrics section of worker `worker`'s guest instance. Counters add up the
+    /// deltas of every worker; the gauges combine each worker's latest section (the oldest
+    /// unconsumed message of any worker, the ratio over the sum of the workers' windows).
+    pub fn apply(&self, metrics: &Metrics, worker: u32, view: &MetricsView<'_>) {
         let mut snap = self.lock();
         let mut listed_queues: HashMap<QueueLabels, u64> = HashMap::new();
         for q in view.queues() {
@@ -132,14 +146,24 @@ impl CompletenessMetrics {
                 *oldest = q.oldest_unconsumed;
             }
         }
-        for gone in snap
-            .oldest
-            .keys()
-            .filter(|k| !listed_queues.contains_key(*k))
-        {
+        let w = worker as usize;
+        if snap.workers.len() <= w {
+            snap.workers.resize_with(w + 1, WorkerGauges::default);
+        }
+        if let Some(g) = snap.workers.get_mut(w) {
+            g.oldest = listed_queues;
+        }
+        let mut oldest: HashMap<QueueLabels, u64> = HashMap::new();
+        for (labels, &t) in snap.workers.iter().flat_map(|g| g.oldest.iter()) {
+            let o = oldest.entry(labels.clone()).or_insert(0);
+            if t != 0 && (*o == 0 || t < *o) {
+                *o = t;
+            }
+        }
+        for gone in snap.oldest.keys().filter(|k| !oldest.contains_key(*k)) {
             metrics.oldest_unconsumed_age.remove(gone);
         }
-        snap.oldest = listed_queues;
+        snap.oldest = oldest;
 
         let mut windows: HashMap<RootLabels, (u64, u64)> = HashMap::new();
         for r in view.roots() {
@@ -170,8 +194,17 @@ impl CompletenessMetrics {
             w.0 = w.0.saturating_add(r.window_complete);
             w.1 = w.1.saturating_add(r.window_incomplete);
         }
+        if let Some(g) = snap.workers.get_mut(w) {
+            g.windows = windows;
+        }
+        let mut all: HashMap<RootLabels, (u64, u64)> = HashMap::new();
+        for (labels, &(c, i)) in snap.workers.iter().flat_map(|g| g.windows.iter()) {
+            let a = all.entry(labels.clone()).or_insert((0, 0));
+            a.0 = a.0.saturating_add(c);
+            a.1 = a.1.saturating_add(i);
+        }
         let mut ratios = HashSet::new();
-        for (labels, (complete, incomplete)) in windows {
+        for (labels, (complete, incomplete)) in all {
             let total = complete.saturating_add(incomplete);
             if total == 0 {
                 continue;
@@ -260,10 +293,43 @@ mod tests {
     }
 
     #[test]
+    fn the_workers_sections_add_up() {
+        let m = Metrics::new();
+        let age = |text: &str| {
+            value(
+                text,
+                &format!("tracekeeper_oldest_unconsumed_message_age_seconds{Q}"),
+            )
+        };
+        let ratio =
+            |text: &str| value(text, &format!("tracekeeper_trace_completeness_ratio{ROOT}"));
+        let s0 = section(&[queue(2, 1, 0, T0 + 10 * SEC)], &[root(3, 1, 3, 1)]);
+        try_record(&m, 0, &s0).unwrap();
+        try_record(&m, 1, &section(&[queue(3, 2, 0, T0)], &[root(1, 3, 1, 3)])).unwrap();
+        let text = m.render_at(T0 + 90 * SEC);
+        assert_eq!(
+            value(&text, &format!("tracekeeper_messages_produced_total{Q}")),
+            Some(5.0)
+        );
+        assert_eq!(
+            value(&text, &format!("tracekeeper_messages_consumed_total{Q}")),
+            Some(3.0)
+        );
+        // The oldest unconsumed message of either worker; the ratio over both windows.
+        assert_eq!(age(&text), Some(90.0));
+        assert_eq!(ratio(&text), Some(0.5));
+        // Worker 1 has nothing left unconsumed and an empty window; worker 0's gauges stand.
+        try_record(&m, 1, &section(&[queue(0, 1, 0, 0)], &[root(0, 0, 0, 0)])).unwrap();
+        let text = m.render_at(T0 + 90 * SEC);
+        assert_eq!(age(&text), Some(80.0));
+        assert_eq!(ratio(&text), Some(0.75));
+    }
+
+    #[test]
     fn sections_become_counters_and_gauges() {
         let m = Metrics::new();
-        try_record(&m, &section(&[queue(5, 2, 1, T0)], &[root(3, 1, 3, 1)])).unwrap();
-        try_record(&m, &section(&[queue(4, 0, 0, T0)], &[root(0, 4, 3, 5)])).unwrap();
+        try_record(&m, 0, &section(&[queue(5, 2, 1, T0)], &[root(3, 1, 3, 1)])).unwrap();
+        try_record(&m, 0, &section(&[queue(4, 0, 0, T0)], &[root(0, 4, 3, 5)])).unwrap();
         let text = m.render_at(T0 + 90 * SEC);
         assert_eq!(
             value(&text, &format!("tracekeeper_messages_produced_total{Q}")),
@@ -306,9 +372,9 @@ mod tests {
     #[test]
     fn gauges_follow_the_latest_section() {
         let m = Metrics::new();
-        try_record(&m, &section(&[queue(1, 0, 0, T0)], &[root(1, 0, 1, 0)])).unwrap();
+        try_record(&m, 0, &section(&[queue(1, 0, 0, T0)], &[root(1, 0, 1, 0)])).unwrap();
         // Consumed: the age is 0. The root type's window emptied: no ratio series.
-        try_record(&m, &section(&[queue(0, 1, 0, 0)], &[root(0, 0, 0, 0)])).unwrap();
+        try_record(&m, 0, &section(&[queue(0, 1, 0, 0)], &[root(0, 0, 0, 0)])).unwrap();
         let text = m.render_at(T0 + 10 * SEC);
         assert_eq!(
             value(
@@ -322,7 +388,7 @@ mod tests {
             "{text}"
         );
         // A section that no longer lists the queue (a fresh guest instance) removes its gauge.
-        try_record(&m, &section(&[], &[])).unwrap();
+        try_record(&m, 0, &section(&[], &[])).unwrap();
         let text = m.render_at(T0 + 10 * SEC);
         assert!(
             !text.contains("tracekeeper_oldest_unconsumed_message_age_seconds{"),
@@ -338,11 +404,11 @@ mod tests {
     #[test]
     fn batches_without_a_section_and_malformed_ones() {
         let m = Metrics::new();
-        try_record(&m, &DecisionWriter::new().finish(0)).unwrap();
+        try_record(&m, 0, &DecisionWriter::new().finish(0)).unwrap();
         let mut bad = section(&[queue(1, 0, 0, T0)], &[]);
         bad.pop();
-        assert!(try_record(&m, &bad).is_err());
-        record(&m, &bad);
+        assert!(try_record(&m, 0, &bad).is_err());
+        record(&m, 0, &bad);
         assert!(
             !m.render_at(T0)
                 .contains("tracekeeper_messages_produced_total{")
@@ -364,7 +430,7 @@ mod tests {
                 oldest_unconsumed: T0,
             })
             .collect();
-        try_record(&m, &section(&queues, &[])).unwrap();
+        try_record(&m, 0, &section(&queues, &[])).unwrap();
         let text = m.render_at(T0 + SEC);
         let produced = text
             .lines()

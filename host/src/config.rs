@@ -440,6 +440,11 @@ pub struct GuestSection {
     /// Longest wait between re-tries (the wait doubles after each failed re-try).
     #[serde(default, deserialize_with = "opt_duration")]
     pub retry_max_interval: Option<Duration>,
+    /// Worker threads, each with its own guest instance and its share of the traces (by trace
+    /// id) and of the buffer limits. Default: one per CPU (at most 8) when the guest exports the
+    /// `shard` interface, else 1.
+    #[serde(default)]
+    pub workers: Option<u32>,
 }
 
 #[cfg(feature = "runtime")]
@@ -468,6 +473,14 @@ impl GuestSection {
         {
             return Err(ConfigError(format!(
                 "guest.stack_limit_kib: {kib} is out of range ({MIN_STACK_LIMIT_KIB} to {MAX_STACK_LIMIT_KIB})"
+            )));
+        }
+        if let Some(n) = self.workers
+            && !(1..=crate::shard::MAX_WORKERS).contains(&n)
+        {
+            return Err(ConfigError(format!(
+                "guest.workers: {n} is out of range (1 to {})",
+                crate::shard::MAX_WORKERS
             )));
         }
         if self.max_consecutive_faults == Some(0) {

@@ -29,6 +29,18 @@ wasmtime::component::bindgen!({
     world: "sampler-guest",
 });
 
+/// Bindings of the optional `shard` interface (world `sharded-sampler-guest`).
+mod sharded {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sharded-sampler-guest",
+    });
+}
+
+use sharded::exports::tracekeeper::sampler::shard::{
+    Guest as ShardBindings, GuestIndices as ShardIndices,
+};
+
 /// The guest compiled into the binary at build time (see `build.rs`).
 pub const DEFAULT_GUEST: &[u8] = include_bytes!(env!("TRACEKEEPER_DEFAULT_GUEST"));
 
@@ -40,6 +52,22 @@ pub const EXPORT_NAME: &str = "tracekeeper:sampler/sampler@1.0.0";
 /// The exported interface name without its version, to recognise a guest built against another
 /// version of the contract.
 const EXPORT_UNVERSIONED: &str = "tracekeeper:sampler/sampler";
+/// The optional interface of a guest that can run as one of several instances (shards).
+pub const SHARD_EXPORT_NAME: &str = "tracekeeper:sampler/shard@1.0.0";
+
+/// Which of several guest instances (shards) an instance is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// 0-based index.
+    pub index: u32,
+    /// Number of instances, at least 1.
+    pub count: u32,
+}
+
+impl Shard {
+    /// The only instance.
+    pub const SOLE: Shard = Shard { index: 0, count: 1 };
+}
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -238,6 +266,8 @@ impl GuestError {
 pub struct GuestModule {
     engine: Engine,
     pre: SamplerGuestPre<State>,
+    /// The `shard` interface, when the guest exports it.
+    shard: Option<ShardIndices>,
     limits: GuestLimits,
     name: Arc<str>,
     output_gate: Arc<Mutex<OutputGate>>,
@@ -438,10 +468,20 @@ impl GuestModule {
             .with_context(|| {
                 format!("linking guest {name} (a guest may import nothing but WASI 0.2)")
             })?;
+        let shard = if exports.iter().any(|n| n == SHARD_EXPORT_NAME) {
+            Some(
+                ShardIndices::new(&pre)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("guest {name}: export {SHARD_EXPORT_NAME}"))?,
+            )
+        } else {
+            None
+        };
         let pre = SamplerGuestPre::new(pre).map_err(anyhow::Error::from)?;
         Ok(GuestModule {
             engine,
             pre,
+            shard,
             limits,
             name,
             output_gate: Arc::new(Mutex::new(OutputGate::new())),
@@ -451,6 +491,11 @@ impl GuestModule {
     /// The guest's name for logs (its path, or `default`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Can the guest run as one of several instances (does it export the `shard` interface)?
+    pub fn shardable(&self) -> bool {
+        self.shard.is_some()
     }
 
     /// The limits instances run under.
@@ -474,8 +519,19 @@ impl GuestModule {
     }
 
     /// Creates a fresh sandboxed instance (from the precompiled, pre-linked component) and
-    /// configures it with `config_json`.
+    /// configures it with `config_json`, as the only instance.
     pub fn instantiate(&self, config_json: &str) -> Result<(GuestInstance, Interest), GuestError> {
+        self.instantiate_shard(config_json, Shard::SOLE)
+    }
+
+    /// [`GuestModule::instantiate`] for one of several instances: tells the guest which one
+    /// (`set-shard`) before configuring it. A guest without the `shard` interface can only be
+    /// the sole instance.
+    pub fn instantiate_shard(
+        &self,
+        config_json: &str,
+        shard: Shard,
+    ) -> Result<(GuestInstance, Interest), GuestError> {
         let mut limits = StoreLimitsBuilder::new()
             .instances(MAX_INSTANCES_PER_STORE)
             .tables(MAX_INSTANCES_PER_STORE)
@@ -495,7 +551,19 @@ impl GuestModule {
             store.epoch_deadline_trap();
             store.set_epoch_deadline(ticks);
         }
-        let bindings = match self.pre.instantiate(&mut store) {
+        let loaded = self
+            .pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .and_then(|instance| {
+                let bindings = SamplerGuest::new(&mut store, &instance)?;
+                let shard = match &self.shard {
+                    Some(ix) => Some(ix.load(&mut store, &instance)?),
+                    None => None,
+                };
+                Ok((bindings, shard))
+            });
+        let (bindings, shard_bindings) = match loaded {
             Ok(b) => b,
             Err(e) => {
                 let denied = store.data().limiter.memory_denied;
@@ -505,8 +573,12 @@ impl GuestModule {
         let mut inst = GuestInstance {
             store,
             bindings,
+            shard: shard_bindings,
             deadline_ticks,
         };
+        if shard.count > 1 {
+            inst.set_shard(shard)?;
+        }
         let interest = inst.configure(config_json)?;
         Ok((inst, interest))
     }
@@ -522,6 +594,7 @@ impl GuestModule {
 pub struct GuestInstance {
     store: Store<State>,
     bindings: SamplerGuest,
+    shard: Option<ShardBindings>,
     deadline_ticks: Option<u64>,
 }
 
@@ -568,6 +641,30 @@ impl GuestInstance {
             Ok(Err(message)) => Err(GuestError::returned("configure", message, denied)),
             Err(source) => Err(GuestError::from_wasmtime("configure", source, denied)),
         }
+    }
+
+    fn set_shard(&mut self, shard: Shard) -> Result<(), GuestError> {
+        self.arm();
+        let Some(bindings) = &self.shard else {
+            return Err(GuestError::returned(
+                "set-shard",
+                format!("the guest does not export {SHARD_EXPORT_NAME}"),
+                false,
+            ));
+        };
+        let r = bindings.call_set_shard(&mut self.store, shard.index, shard.count);
+        let denied = self.store.data().limiter.memory_denied;
+        r.map_err(|source| GuestError::from_wasmtime("set-shard", source, denied))
+    }
+
+    /// Sends the views of other shards' spans that link into this shard's traces; returns a
+    /// decision batch. `None` when the guest has no `shard` interface (then it is the only
+    /// instance and there are no other shards).
+    pub fn links(&mut self, batch: &[u8], now: u64) -> Option<Result<Vec<u8>, GuestError>> {
+        self.arm();
+        let bindings = self.shard.as_ref()?;
+        let r = bindings.call_links(&mut self.store, batch, now);
+        Some(self.finish("links", r))
     }
 
     /// Sends a span-view batch; returns a decision batch.

@@ -18,6 +18,7 @@ pub mod export;
 pub mod guest;
 pub mod otlp;
 pub mod receiver;
+pub mod shard;
 pub mod shutdown;
 pub mod tags;
 pub mod telemetry;

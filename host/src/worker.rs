@@ -57,9 +57,10 @@ use crate::buffer::{Cached, DecisionCache, TraceBuffer};
 use crate::config::GuestSection;
 use crate::export::ExportRequest;
 use crate::export::builder::ExportBuilder;
-use crate::guest::{FaultCause, GuestError, GuestInstance, GuestModule};
+use crate::guest::{FaultCause, GuestError, GuestInstance, GuestModule, Shard};
 use crate::otlp::request::{Group, span_info};
 use crate::otlp::view::{Interest, ViewBuilder};
+use crate::shard::ShardStates;
 use crate::tags::TraceTags;
 use crate::telemetry::{DecisionLabels, Health, KindLabel, Metrics, QueueLabel};
 
@@ -150,6 +151,9 @@ pub struct IngestBatch {
     pub spans: Vec<BatchSpan>,
     /// Resource/scope groups.
     pub groups: Vec<Arc<Group>>,
+    /// Span-view batch of other workers' spans with links into this worker's traces, for the
+    /// guest's `links` call (empty: none).
+    pub links: Vec<u8>,
 }
 
 /// What the worker does when the guest keeps failing.
@@ -291,6 +295,10 @@ struct Violations {
 pub struct Worker {
     module: GuestModule,
     settings: WorkerSettings,
+    /// Which worker this is, of how many.
+    shard: Shard,
+    /// Every worker's figures, for the process-wide gauges and health.
+    states: Arc<ShardStates>,
     instance: Option<GuestInstance>,
     interest: Arc<RwLock<Arc<Interest>>>,
     buffer: TraceBuffer,
@@ -320,6 +328,7 @@ pub struct Worker {
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
+            .field("shard", &self.shard)
             .field("traces", &self.buffer.len())
             .field("degraded", &self.faults.degraded)
             .finish()
@@ -360,35 +369,47 @@ impl Worker {
             .max(MIN_WORKER_STACK)
     }
 
-    /// Creates the worker with a configured guest instance. Returns it with the interest the
-    /// receivers must use (shared, so a reload can swap it).
+    /// Creates worker `shard` with a configured guest instance, and writes the interest the
+    /// receivers must use into `interest` (shared by every worker, so a reload can swap it).
+    /// `settings` are this worker's own (its share of the buffer limits).
     ///
     /// The instance is created on a short-lived thread of its own, outside any async runtime,
     /// like every later guest call (see [`Worker::run`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         module: GuestModule,
         settings: WorkerSettings,
+        shard: Shard,
+        states: Arc<ShardStates>,
+        interest: Arc<RwLock<Arc<Interest>>>,
         export: mpsc::Sender<ExportRequest>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
-    ) -> anyhow::Result<(Worker, Arc<RwLock<Arc<Interest>>>)> {
+    ) -> anyhow::Result<Worker> {
         let stack = module
             .limits()
             .max_wasm_stack_bytes
             .saturating_add(WORKER_STACK_MARGIN)
             .max(MIN_WORKER_STACK);
-        let (instance, interest) = std::thread::scope(|s| {
+        let (instance, interest_now) = std::thread::scope(|s| {
             std::thread::Builder::new()
                 .name("tracekeeper-configure".into())
                 .stack_size(stack)
-                .spawn_scoped(s, || module.instantiate(&settings.guest_config))
+                .spawn_scoped(s, || {
+                    module.instantiate_shard(&settings.guest_config, shard)
+                })
                 .map_err(|e| anyhow::anyhow!("starting a thread to configure the guest: {e}"))?
                 .join()
                 .map_err(|_| anyhow::anyhow!("configuring the guest panicked"))?
                 .map_err(anyhow::Error::from)
         })?;
-        let interest = Arc::new(RwLock::new(Arc::new(interest)));
+        match interest.write() {
+            Ok(mut i) => *i = Arc::new(interest_now),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(interest_now),
+        }
         let w = Worker {
+            shard,
+            states,
             cache: DecisionCache::new(settings.sampled_cache, settings.non_sampled_cache),
             due_age: shortest_decision_wait(&settings.guest_config),
             module,
@@ -409,7 +430,7 @@ impl Worker {
             pressure: Arc::new(Pressure::default()),
             latencies: Vec::new(),
         };
-        Ok((w, interest))
+        Ok(w)
     }
 
     /// Runs until [`WorkerMsg::Shutdown`] (or until every sender is gone), then decides (or
@@ -432,10 +453,8 @@ impl Worker {
                 self.on_due();
             }
             self.publish_state();
-            self.metrics
-                .queue_length
-                .get_or_create(&QueueLabel { queue: "ingest" })
-                .set(rx.len() as i64);
+            self.states
+                .set_ingest_queue(&self.metrics, self.shard.index, rx.len());
         }
         self.shutdown();
     }
@@ -445,17 +464,18 @@ impl Worker {
     /// new instance.
     fn reload(&mut self, reload: Reload) {
         let Reload { module, settings } = reload;
-        let (instance, interest) = match module.instantiate(&settings.guest_config) {
-            Ok(ok) => ok,
-            Err(e) => {
-                tracing::error!(
-                    guest = module.name(),
-                    "reload rejected: the new configuration does not configure the guest; \
+        let (instance, interest) =
+            match module.instantiate_shard(&settings.guest_config, self.shard) {
+                Ok(ok) => ok,
+                Err(e) => {
+                    tracing::error!(
+                        guest = module.name(),
+                        "reload rejected: the new configuration does not configure the guest; \
                      keeping the running one: {e}"
-                );
-                return;
-            }
-        };
+                    );
+                    return;
+                }
+            };
         if (settings.sampled_cache, settings.non_sampled_cache)
             != (self.settings.sampled_cache, self.settings.non_sampled_cache)
         {
@@ -476,8 +496,7 @@ impl Worker {
         self.next_due = 0;
         // A new guest starts with a clean fault record.
         self.faults = FaultState::default();
-        self.metrics.guest_degraded.set(0);
-        self.health.set_degraded(None);
+        self.set_degraded(None);
         let pending = self.buffer.len();
         self.faults.recovering = true;
         self.replay();
@@ -502,8 +521,12 @@ impl Worker {
     }
 
     fn publish_state(&self) {
-        self.metrics.traces_in_memory.set(self.buffer.len() as i64);
-        self.metrics.buffered_bytes.set(self.buffer.bytes() as i64);
+        self.states.set_buffer(
+            &self.metrics,
+            self.shard.index,
+            self.buffer.len(),
+            self.buffer.bytes(),
+        );
         self.metrics
             .queue_length
             .get_or_create(&QueueLabel { queue: "export" })
@@ -552,7 +575,9 @@ impl Worker {
             }
         }
         let affected = Affected::Batch(&batch, &late);
-        let ok = if late.is_empty() {
+        let ok = if batch.spans.is_empty() {
+            false
+        } else if late.is_empty() {
             self.call("ingest", affected, |g| g.ingest(&batch.view, now))
         } else {
             // Late spans must not reach the guest (it would see a new, orphaned trace): rebuild
@@ -567,8 +592,26 @@ impl Worker {
             self.faults.probation = false;
         }
         self.recover();
+        if !batch.links.is_empty() {
+            self.links(&batch.links, now);
+        }
         self.enforce_capacity(now);
         self.flush_export();
+    }
+
+    /// The guest's `links` call: other workers' spans linking into this worker's traces. A fault
+    /// affects no trace of its own (the spans are not buffered here): the instance is replaced
+    /// as after any fault, and those links are not matched.
+    fn links(&mut self, view: &[u8], now: u64) {
+        self.call("links", Affected::Traces(&[]), |g| {
+            g.links(view, now).unwrap_or_else(|| {
+                Err(GuestError::bad_answer(
+                    "links",
+                    FaultCause::Contract("the guest has no shard interface".into()),
+                ))
+            })
+        });
+        self.recover();
     }
 
     fn rebuild_view(&self, batch: &IngestBatch, skip: &[usize]) -> ViewBuilder {
@@ -767,7 +810,7 @@ impl Worker {
     /// Returns the contract violations: traces decided more than once (not applied: the caller
     /// keeps them fail-open) and records for traces that are not pending (ignored).
     fn apply(&mut self, call: &'static str, bytes: &[u8]) -> Result<Violations, GuestError> {
-        crate::completeness_metrics::record(&self.metrics, bytes);
+        crate::completeness_metrics::record(&self.metrics, self.shard.index, bytes);
         let malformed = |e| GuestError::bad_answer(call, FaultCause::Malformed(e));
         let reader = DecisionReader::new(bytes).map_err(malformed)?;
         let mut seen = HashSet::with_capacity(reader.len());
@@ -882,7 +925,10 @@ impl Worker {
 
     /// Creates and configures a fresh instance; counts a fault when that fails.
     fn create_instance(&mut self) -> bool {
-        match self.module.instantiate(&self.settings.guest_config) {
+        match self
+            .module
+            .instantiate_shard(&self.settings.guest_config, self.shard)
+        {
             Ok((instance, _)) => {
                 self.instance = Some(instance);
                 true
@@ -990,8 +1036,7 @@ impl Worker {
             self.faults.last
         );
         tracing::error!(guest = self.module.name(), "guest degraded: {reason}");
-        self.metrics.guest_degraded.set(1);
-        self.health.set_degraded(Some(reason));
+        self.set_degraded(Some(reason));
     }
 
     /// While degraded: tries a fresh instance and a `tick`; leaves the degraded state (on
@@ -999,7 +1044,10 @@ impl Worker {
     fn retry(&mut self) {
         tracing::info!(guest = self.module.name(), "re-trying the degraded guest");
         self.faults.recovering = true;
-        let ok = match self.module.instantiate(&self.settings.guest_config) {
+        let ok = match self
+            .module
+            .instantiate_shard(&self.settings.guest_config, self.shard)
+        {
             Ok((instance, _)) => {
                 self.instance = Some(instance);
                 let now = now_unix_nanos();
@@ -1021,8 +1069,7 @@ impl Worker {
             self.faults.probation = true;
             self.faults.consecutive = 0;
             self.faults.needs_recovery = false;
-            self.metrics.guest_degraded.set(0);
-            self.health.set_degraded(None);
+            self.set_degraded(None);
         }
     }
 
@@ -1106,7 +1153,15 @@ impl Worker {
             }
         }
         self.flush_export();
-        self.metrics.traces_in_memory.set(0);
+        self.states
+            .set_buffer(&self.metrics, self.shard.index, 0, 0);
+    }
+
+    /// Records this worker's guest as degraded (with the reason) or not, for the gauge and
+    /// health (which report every worker's).
+    fn set_degraded(&self, reason: Option<String>) {
+        self.states
+            .set_degraded(&self.metrics, &self.health, self.shard.index, reason);
     }
 }
 

@@ -81,6 +81,11 @@ impl Interest {
         }
     }
 
+    /// True when the guest asked for span links.
+    pub fn wants_links(&self) -> bool {
+        self.links
+    }
+
     fn wants_span_attributes(&self) -> bool {
         self.all_span_attributes || !self.span_keys.is_empty()
     }
@@ -124,6 +129,19 @@ impl ViewBuilder {
     /// Adds one span (its encoded bytes and the fields already read) under its group. Groups are
     /// told apart by address, so the caller keeps them alive while the batch is built.
     pub fn add(&mut self, interest: &Interest, group: &Arc<Group>, bytes: &[u8], info: &SpanInfo) {
+        self.add_with_links(interest, group, bytes, info, |_| true);
+    }
+
+    /// [`ViewBuilder::add`] with only the links whose trace id `keep` accepts (sharding: each
+    /// worker gets the links into its own traces; see the `shard` module).
+    pub fn add_with_links(
+        &mut self,
+        interest: &Interest,
+        group: &Arc<Group>,
+        bytes: &[u8],
+        info: &SpanInfo,
+        mut keep: impl FnMut(&TraceId) -> bool,
+    ) {
         let key = Arc::as_ptr(group) as usize;
         let resource = match self.resources.get(&key) {
             Some(&r) => r,
@@ -184,7 +202,9 @@ impl ViewBuilder {
         w.end_section(attrs);
         let mut links = w.begin_section();
         for link in link_fields {
-            if let Some((t, s)) = read_link(link) {
+            if let Some((t, s)) = read_link(link)
+                && keep(&t)
+            {
                 w.link(&mut links, &t, &s);
             }
         }

@@ -1,14 +1,16 @@
-//! Turning a request body into an [`IngestBatch`] for the worker: checked and split by the wire
-//! walker, span views built for the guest, queued with backpressure.
+//! Turning a request body into [`IngestBatch`]es for the workers: checked and split by the wire
+//! walker, each span routed to the worker its trace id maps to (with its links routed as
+//! `crate::shard` describes), span views built for the guest, queued with backpressure.
 
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::backpressure::{Pressure, Refusal, enqueue};
+use crate::backpressure::{Delivery, Pressure, Refusal, enqueue};
 use crate::otlp::request::parse_request;
 use crate::otlp::view::{Interest, ViewBuilder};
+use crate::shard::{ShardStates, shard_of};
 use crate::telemetry::{Metrics, ProtocolLabel};
 use crate::worker::{BatchSpan, IngestBatch, WorkerMsg};
 
@@ -35,92 +37,153 @@ pub enum IngestError {
     Busy,
 }
 
+/// One worker's queue and "full" flag.
+#[derive(Debug, Clone)]
+pub struct WorkerQueue {
+    /// The worker's queue.
+    pub tx: mpsc::Sender<WorkerMsg>,
+    /// Raised by the worker at its limits with `block_on_overflow`.
+    pub pressure: Arc<Pressure>,
+}
+
 /// The receivers' handle on the pipeline.
 #[derive(Debug, Clone)]
 pub struct Ingest {
-    tx: mpsc::Sender<WorkerMsg>,
+    workers: Arc<[WorkerQueue]>,
     interest: Arc<RwLock<Arc<Interest>>>,
     metrics: Arc<Metrics>,
-    pressure: Arc<Pressure>,
+    states: Arc<ShardStates>,
+}
+
+/// What one worker gets of a request.
+#[derive(Default)]
+struct Part {
+    view: ViewBuilder,
+    spans: Vec<BatchSpan>,
+    /// Views of other workers' spans that link into this worker's traces.
+    links: Option<ViewBuilder>,
 }
 
 impl Ingest {
-    /// A handle sending to the worker's queue.
+    /// A handle sending to the workers' queues (at least one; trace ids are mapped to them by
+    /// [`shard_of`]).
     pub fn new(
-        tx: mpsc::Sender<WorkerMsg>,
+        workers: Vec<WorkerQueue>,
         interest: Arc<RwLock<Arc<Interest>>>,
         metrics: Arc<Metrics>,
+        states: Arc<ShardStates>,
     ) -> Self {
         Ingest {
-            tx,
+            workers: workers.into(),
             interest,
             metrics,
-            pressure: Arc::new(Pressure::default()),
+            states,
         }
     }
 
-    /// Refuses requests (retryable) while the worker's "full" flag is raised.
-    pub fn with_pressure(mut self, pressure: Arc<Pressure>) -> Self {
-        self.pressure = pressure;
-        self
-    }
-
     /// Checks and splits an encoded request, builds the guest's views of its spans, and queues
-    /// it for the worker (waiting while the queue is full).
+    /// each worker's part of it (waiting while a queue is full; all parts or none).
     pub async fn submit(
         &self,
         body: Bytes,
         protocol: &'static str,
     ) -> Result<Accepted, IngestError> {
-        let batch = {
+        let count = u32::try_from(self.workers.len()).unwrap_or(u32::MAX);
+        let (parts, accepted) = {
             let parsed = parse_request(&body).map_err(|e| IngestError::Malformed(e.to_string()))?;
             let interest = match self.interest.read() {
                 Ok(i) => Arc::clone(&i),
                 Err(poisoned) => Arc::clone(&poisoned.into_inner()),
             };
-            let mut view = ViewBuilder::new();
-            let mut spans = Vec::with_capacity(parsed.spans.len());
+            let mut parts: Vec<Part> = (0..self.workers.len()).map(|_| Part::default()).collect();
             for s in &parsed.spans {
                 let Some(group) = parsed.groups.get(s.group) else {
                     continue;
                 };
-                view.add(&interest, group, s.bytes, &s.info);
-                spans.push(BatchSpan {
+                let owner = shard_of(&s.info.trace_id, count);
+                let Some(part) = parts.get_mut(owner as usize) else {
+                    continue;
+                };
+                // Bit k: a link points into a trace of worker k (not the owner).
+                let mut elsewhere = 0u64;
+                if count == 1 || !interest.wants_links() {
+                    part.view.add(&interest, group, s.bytes, &s.info);
+                } else {
+                    part.view
+                        .add_with_links(&interest, group, s.bytes, &s.info, |t| {
+                            let k = shard_of(t, count);
+                            elsewhere |= 1u64 << (k % 64);
+                            k == owner
+                        });
+                    elsewhere &= !(1u64 << (owner % 64));
+                }
+                part.spans.push(BatchSpan {
                     trace_id: s.info.trace_id,
                     group: s.group as u32,
                     bytes: body.slice_ref(s.bytes),
                 });
+                while elsewhere != 0 {
+                    let k = elsewhere.trailing_zeros();
+                    elsewhere &= elsewhere - 1;
+                    if let Some(p) = parts.get_mut(k as usize) {
+                        p.links.get_or_insert_with(ViewBuilder::new).add_with_links(
+                            &interest,
+                            group,
+                            s.bytes,
+                            &s.info,
+                            |t| shard_of(t, count) == k,
+                        );
+                    }
+                }
             }
             let accepted = Accepted {
                 rejected: parsed.rejected,
                 message: parsed.reject_reason.unwrap_or_default(),
             };
-            (
-                IngestBatch {
-                    view: view.into_bytes(),
-                    spans,
-                    groups: parsed.groups,
-                },
-                accepted,
-            )
+            let groups = parsed.groups;
+            let parts: Vec<(u32, IngestBatch)> = parts
+                .into_iter()
+                .enumerate()
+                .filter(|(_, p)| !p.spans.is_empty() || p.links.is_some())
+                .map(|(k, p)| {
+                    (
+                        k as u32,
+                        IngestBatch {
+                            view: p.view.into_bytes(),
+                            spans: p.spans,
+                            groups: groups.clone(),
+                            links: p.links.map(ViewBuilder::into_bytes).unwrap_or_default(),
+                        },
+                    )
+                })
+                .collect();
+            (parts, accepted)
         };
-        let (batch, accepted) = batch;
-        let n = batch.spans.len() as u64;
+        let n: u64 = parts.iter().map(|(_, b)| b.spans.len() as u64).sum();
         if accepted.rejected > 0 {
             self.metrics.drop_spans("invalid", accepted.rejected);
         }
+        if !parts.is_empty() {
+            let deliveries = parts
+                .into_iter()
+                .filter_map(|(k, batch)| {
+                    let w = self.workers.get(k as usize)?;
+                    Some(Delivery {
+                        shard: k,
+                        tx: &w.tx,
+                        pressure: &w.pressure,
+                        msg: WorkerMsg::Batch(batch),
+                    })
+                })
+                .collect();
+            enqueue(deliveries, &self.metrics, &self.states)
+                .await
+                .map_err(|r| match r {
+                    Refusal::Busy => IngestError::Busy,
+                    Refusal::Closed => IngestError::Unavailable,
+                })?;
+        }
         if n > 0 {
-            enqueue(
-                &self.tx,
-                &self.pressure,
-                &self.metrics,
-                WorkerMsg::Batch(batch),
-            )
-            .await
-            .map_err(|r| match r {
-                Refusal::Busy => IngestError::Busy,
-                Refusal::Closed => IngestError::Unavailable,
-            })?;
             self.metrics
                 .spans_received
                 .get_or_create(&ProtocolLabel { protocol })

@@ -14,7 +14,7 @@ pub mod http;
 mod ingest;
 
 #[cfg(feature = "runtime")]
-pub use ingest::{Accepted, Ingest, IngestError};
+pub use ingest::{Accepted, Ingest, IngestError, WorkerQueue};
 
 /// The bearer-token check a receiver's `auth` asks for (the config check guarantees the
 /// extension it names is configured).
