@@ -66,6 +66,7 @@ pub fn share_policies(policies: &mut [PolicyConfig], count: u32) {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::config::ProcessorsConfig;

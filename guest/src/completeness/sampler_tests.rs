@@ -716,7 +716,10 @@ fn links_of_spans_that_are_not_consumers_consume_nothing() {
     a.tick(T0 + 11 * SEC);
     let d = a.decision(p);
     assert_eq!(d.completeness, Completeness::Incomplete, "{d:?}");
-    assert!(d.missing.iter().any(|m| m.starts_with("consumer:")), "{d:?}");
+    assert!(
+        d.missing.iter().any(|m| m.starts_with("consumer:")),
+        "{d:?}"
+    );
 }
 
 #[test]
