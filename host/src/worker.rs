@@ -1,6 +1,9 @@
 //! The worker: owns the trace buffer and the guest instance, feeds span views to the guest,
 //! applies its decisions, hands kept spans to the exporter, and recovers from guest faults.
 //!
+//! There are `guest.workers` of them, each owning the traces whose ids map to it (see
+//! [`crate::shard`]) with its share of the buffer limits; what follows is about one.
+//!
 //! It runs on its own thread, outside any async runtime (guest calls are synchronous wasm
 //! execution, and wasmtime-wasi's synchronous bindings would block inside a runtime), and
 //! receives batches from the receivers over a bounded channel ([`INGEST_QUEUE_LEN`]); when the
