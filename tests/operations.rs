@@ -21,7 +21,7 @@ use prost::Message;
 /// Most requests a test sends while waiting for the host to say "full".
 const MAX_FILL_REQUESTS: usize = 200;
 /// How long the exporter's target is down in the outage test.
-const OUTAGE: Duration = Duration::from_secs(5);
+const OUTAGE: Duration = Duration::from_secs(20);
 /// Each client's pause between requests in the outage test (their steady rate).
 const SEND_INTERVAL: Duration = Duration::from_millis(2);
 /// Concurrent clients in the outage test, each with one request in flight.

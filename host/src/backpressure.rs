@@ -6,13 +6,16 @@
 //!   the worker raises the [`Pressure`] flag after each batch and the receivers refuse new
 //!   requests at once;
 //! - a worker's queue stays full for [`INGEST_QUEUE_WAIT`] (the worker itself is blocked, e.g.
-//!   on a full export queue while the exporter's target is down).
+//!   on a full export queue while the exporter's target is down);
+//! - the request bodies queued for the workers already hold [`MAX_QUEUED_BYTES`] (queues are
+//!   bounded in requests, and a request may be 64 MiB: this bounds their memory).
 //!
 //! Either way a request is refused as a whole, before any of its spans is queued, with a
 //! retryable answer: gRPC `UNAVAILABLE` with a `google.rpc.RetryInfo` detail, HTTP 503 with
 //! `Retry-After`. OTLP clients retry those, so nothing is lost silently.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +29,71 @@ use crate::telemetry::{Metrics, ReasonLabel};
 pub const INGEST_QUEUE_WAIT: Duration = Duration::from_secs(1);
 /// The delay a refused client is asked to wait (gRPC `RetryInfo`, HTTP `Retry-After`).
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Most bytes of request bodies queued for the workers at once (a request is always let in when
+/// nothing is queued, whatever its size).
+pub const MAX_QUEUED_BYTES: usize = 256 << 20;
+
+/// The bytes of request bodies queued for the workers, bounded.
+#[derive(Debug)]
+pub struct QueuedBytes {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+/// A request body's place in [`QueuedBytes`], given back when dropped (when the last worker is
+/// done with the request).
+#[derive(Debug)]
+pub struct BodyTicket {
+    owner: Arc<QueuedBytes>,
+    bytes: usize,
+}
+
+impl Drop for BodyTicket {
+    fn drop(&mut self) {
+        self.owner.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl QueuedBytes {
+    /// A bound of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(QueuedBytes {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Bytes queued now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Takes room for a body of `bytes`, unless that would pass the limit (a body is always let
+    /// in when nothing is queued).
+    pub fn try_acquire(self: &Arc<Self>, bytes: usize) -> Option<BodyTicket> {
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            if used != 0 && used.saturating_add(bytes) > self.limit {
+                return None;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used.saturating_add(bytes),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Some(BodyTicket {
+                        owner: Arc::clone(self),
+                        bytes,
+                    });
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+}
 
 /// The "full" flag the worker raises and the receivers check.
 #[derive(Debug, Default)]
@@ -240,6 +308,24 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains("tracekeeper_requests_refused_total{reason=\"buffer_full\"} 1"));
         assert!(text.contains("tracekeeper_requests_refused_total{reason=\"queue_full\"} 1"));
+    }
+
+    #[test]
+    fn queued_bytes_are_bounded_and_given_back() {
+        let q = QueuedBytes::new(100);
+        // Anything fits when nothing is queued.
+        let big = q.try_acquire(500).unwrap();
+        assert!(q.try_acquire(1).is_none());
+        drop(big);
+        assert_eq!(q.used(), 0);
+        let a = q.try_acquire(60).unwrap();
+        let b = q.try_acquire(40).unwrap();
+        assert!(q.try_acquire(1).is_none(), "at the limit");
+        drop(a);
+        let c = q.try_acquire(50).unwrap();
+        assert_eq!(q.used(), 90);
+        drop((b, c));
+        assert_eq!(q.used(), 0);
     }
 
     #[tokio::test]

@@ -137,7 +137,7 @@ pub struct Metrics {
     /// `tracekeeper_guest_degraded` (1 while the guest keeps failing and every trace is kept)
     pub guest_degraded: Gauge,
     /// `tracekeeper_requests_refused_total{reason}`: requests answered with a retryable error
-    /// because the pipeline was full (`buffer_full`, `queue_full`).
+    /// because the pipeline was full (`buffer_full`, `queue_full`, `queued_bytes`).
     pub requests_refused: Family<ReasonLabel, Counter>,
     /// `tracekeeper_buffered_span_bytes`: memory held by buffered spans.
     pub buffered_bytes: Gauge,
@@ -309,7 +309,7 @@ impl Metrics {
         ] {
             drop(m.spans_dropped.get_or_create(&ReasonLabel { reason }));
         }
-        for reason in ["buffer_full", "queue_full"] {
+        for reason in ["buffer_full", "queue_full", "queued_bytes"] {
             drop(m.requests_refused.get_or_create(&ReasonLabel { reason }));
         }
         for queue in ["ingest", "export"] {

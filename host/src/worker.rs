@@ -157,6 +157,9 @@ pub struct IngestBatch {
     /// Span-view batch of other workers' spans with links into this worker's traces, for the
     /// guest's `links` call (empty: none).
     pub links: Vec<u8>,
+    /// The request body's place in the bound on queued bytes, shared by every worker's part of
+    /// the request and given back when the last part is dropped.
+    pub ticket: Option<Arc<crate::backpressure::BodyTicket>>,
 }
 
 /// What the worker does when the guest keeps failing.

@@ -7,11 +7,11 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::backpressure::{Delivery, Pressure, Refusal, enqueue};
+use crate::backpressure::{Delivery, MAX_QUEUED_BYTES, Pressure, QueuedBytes, Refusal, enqueue};
 use crate::otlp::request::parse_request;
 use crate::otlp::view::{Interest, ViewBuilder};
 use crate::shard::{ShardStates, shard_of};
-use crate::telemetry::{Metrics, ProtocolLabel};
+use crate::telemetry::{Metrics, ProtocolLabel, ReasonLabel};
 use crate::worker::{BatchSpan, IngestBatch, WorkerMsg};
 
 /// What a request came to.
@@ -53,6 +53,7 @@ pub struct Ingest {
     interest: Arc<RwLock<Arc<Interest>>>,
     metrics: Arc<Metrics>,
     states: Arc<ShardStates>,
+    queued: Arc<QueuedBytes>,
 }
 
 /// What one worker gets of a request.
@@ -78,6 +79,7 @@ impl Ingest {
             interest,
             metrics,
             states,
+            queued: QueuedBytes::new(MAX_QUEUED_BYTES),
         }
     }
 
@@ -89,6 +91,16 @@ impl Ingest {
         protocol: &'static str,
     ) -> Result<Accepted, IngestError> {
         let count = u32::try_from(self.workers.len()).unwrap_or(u32::MAX);
+        let Some(ticket) = self.queued.try_acquire(body.len()) else {
+            self.metrics
+                .requests_refused
+                .get_or_create(&ReasonLabel {
+                    reason: "queued_bytes",
+                })
+                .inc();
+            return Err(IngestError::Busy);
+        };
+        let ticket = Arc::new(ticket);
         let (parts, accepted) = {
             let parsed = parse_request(&body).map_err(|e| IngestError::Malformed(e.to_string()))?;
             let interest = match self.interest.read() {
@@ -153,6 +165,7 @@ impl Ingest {
                             spans: p.spans,
                             groups: groups.clone(),
                             links: p.links.map(ViewBuilder::into_bytes).unwrap_or_default(),
+                            ticket: Some(Arc::clone(&ticket)),
                         },
                     )
                 })
