@@ -506,6 +506,15 @@ fn a_consumer_after_the_decision_is_late() {
         );
     }
 
+    // The late child still counts: its message is consumed, late.
+    wait_metric(
+        &host,
+        "tracekeeper_late_completions_total",
+        &QUEUE,
+        "the late child consumer counted as a late completion",
+        |v| v == 1.0,
+    );
+
     // A consumer in another trace linking to the producer of the decided trace: a late
     // completion, and the message counts as consumed.
     let consumer = linked_consumer(&linked.sent.trace_id, &linked_producer);
@@ -515,17 +524,26 @@ fn a_consumer_after_the_decision_is_late() {
         &host,
         "tracekeeper_late_completions_total",
         &QUEUE,
-        "one late completion",
-        |v| v == 1.0,
+        "two late completions",
+        |v| v == 2.0,
     );
     let samples = scrape(&host);
     assert_eq!(
         metric_sum(&samples, "tracekeeper_messages_consumed_total", &QUEUE),
-        1.0
+        2.0
     );
     assert_eq!(
         metric_sum(&samples, "tracekeeper_messages_produced_total", &QUEUE),
         2.0
+    );
+    // Nothing is left unconsumed: no stuck-queue alarm for a consumer that was only slow.
+    assert_eq!(
+        metric_sum(
+            &samples,
+            "tracekeeper_oldest_unconsumed_message_age_seconds",
+            &QUEUE
+        ),
+        0.0
     );
     host.terminate_cleanly();
 }

@@ -374,14 +374,23 @@ impl Tracker {
         }
     }
 
-    /// Records a span of a trace another instance owns, sent for its links into this instance's
-    /// traces (the WIT `shard` interface): if it is a consumer, its links consume their
-    /// messages here.
+    /// Records a span that belongs to no pending trace here (the WIT `shard` interface's
+    /// `links`): a span of a trace another instance owns, with its links into this instance's
+    /// traces, or a late span of a trace already decided. If it is a consumer, its parent and
+    /// its links consume their messages (a late completion when the producer's trace is
+    /// decided).
     pub fn add_foreign_span(&mut self, span: &SpanView<'_>, now: u64) {
         let attrs = self.messaging_attrs(span.attributes.clone());
-        if messaging::classify(span.fixed.kind, attrs.operation) == Role::Consumer {
-            self.consume_links(span, now);
+        if messaging::classify(span.fixed.kind, attrs.operation) != Role::Consumer {
+            return;
         }
+        let f = &span.fixed;
+        if !f.parent_span_id.is_zero()
+            && self.index.consume_child((f.trace_id, f.parent_span_id)) == Consumed::First
+        {
+            self.touched.push(f.trace_id);
+        }
+        self.consume_links(span, now);
     }
 
     /// A consumer's links consume the messages they point to.

@@ -130,10 +130,11 @@ impl Sampler {
         Ok(self.tick_into(out, now))
     }
 
-    /// Applies the links of spans that belong to other instances' traces (the WIT `shard`
-    /// interface's `links`): a consumer linking to a producer of a trace here consumes its
-    /// message. The spans are not buffered. Then decides the traces due at `now` (a trace held
-    /// for its consumers may be released by these links).
+    /// Applies the messaging relations of spans that belong to no pending trace here (the WIT
+    /// `shard` interface's `links`: other instances' spans linking into this one's traces, late
+    /// spans of decided traces): a consumer consumes the messages of its parent and of the
+    /// producers it links to. The spans are not buffered. Then decides the traces due at `now`
+    /// (a trace held for its consumers may be released).
     pub fn links(&mut self, batch: &[u8], now: u64) -> Result<Vec<u8>, String> {
         let reader =
             BatchReader::new(batch).map_err(|e| format!("malformed span batch header: {e}"))?;

@@ -61,9 +61,9 @@ use crate::config::GuestSection;
 use crate::export::ExportRequest;
 use crate::export::builder::ExportBuilder;
 use crate::guest::{FaultCause, GuestError, GuestInstance, GuestModule, Shard};
-use crate::otlp::request::{Group, span_info};
+use crate::otlp::request::{Group, SpanInfo, span_info};
 use crate::otlp::view::{Interest, ViewBuilder};
-use crate::shard::ShardStates;
+use crate::shard::{ShardStates, shard_of};
 use crate::tags::TraceTags;
 use crate::telemetry::{DecisionLabels, Health, KindLabel, Metrics, QueueLabel};
 
@@ -588,7 +588,7 @@ impl Worker {
         } else {
             // Late spans must not reach the guest (it would see a new, orphaned trace): rebuild
             // the views without them.
-            let view = self.rebuild_view(&batch, &late);
+            let view = self.view_of(&batch, |i| !late.contains(&i));
             view.span_count() > 0
                 && self.call("ingest", affected, |g| g.ingest(view.as_bytes(), now))
         };
@@ -601,13 +601,22 @@ impl Worker {
         if !batch.links.is_empty() {
             self.links(&batch.links, now);
         }
+        if !late.is_empty() && self.module.shardable() {
+            // Late spans of decided traces: the guest sees their messaging relations (a late
+            // consumer completes its producer's message) without buffering them.
+            let view = self.view_of(&batch, |i| late.contains(&i));
+            if view.span_count() > 0 {
+                self.links(view.as_bytes(), now);
+            }
+        }
         self.enforce_capacity(now);
         self.flush_export();
     }
 
-    /// The guest's `links` call: other workers' spans linking into this worker's traces. A fault
-    /// affects no trace of its own (the spans are not buffered here): the instance is replaced
-    /// as after any fault, and those links are not matched.
+    /// The guest's `links` call: spans that belong to no pending trace here (other workers'
+    /// spans linking into this worker's traces, late spans of decided traces). A fault affects
+    /// no trace of its own (the spans are not buffered): the instance is replaced as after any
+    /// fault, and those relations are not matched.
     fn links(&mut self, view: &[u8], now: u64) {
         self.call("links", Affected::Traces(&[]), |g| {
             g.links(view, now).unwrap_or_else(|| {
@@ -620,21 +629,42 @@ impl Worker {
         self.recover();
     }
 
-    fn rebuild_view(&self, batch: &IngestBatch, skip: &[usize]) -> ViewBuilder {
+    /// The views of the batch's spans at the indices `pick` selects, with only the links into
+    /// this worker's traces (as the receivers route them).
+    fn view_of(&self, batch: &IngestBatch, pick: impl Fn(usize) -> bool) -> ViewBuilder {
         let interest = self.current_interest();
         let mut view = ViewBuilder::new();
         for (i, span) in batch.spans.iter().enumerate() {
-            if skip.contains(&i) {
+            if !pick(i) {
                 continue;
             }
             if let (Some(group), Some(info)) = (
                 batch.groups.get(span.group as usize),
                 span_info(&span.bytes),
             ) {
-                view.add(&interest, group, &span.bytes, &info);
+                self.add_view(&mut view, &interest, group, &span.bytes, &info);
             }
         }
         view
+    }
+
+    /// Adds a span's view with only the links into this worker's traces.
+    fn add_view(
+        &self,
+        view: &mut ViewBuilder,
+        interest: &Interest,
+        group: &Arc<Group>,
+        bytes: &[u8],
+        info: &SpanInfo,
+    ) {
+        let Shard { index, count } = self.shard;
+        if count > 1 {
+            view.add_with_links(interest, group, bytes, info, |t| {
+                shard_of(t, count) == index
+            });
+        } else {
+            view.add(interest, group, bytes, info);
+        }
     }
 
     fn current_interest(&self) -> Arc<Interest> {
@@ -992,7 +1022,7 @@ impl Worker {
             }
             for (group, bytes) in entry.spans() {
                 if let Some(info) = span_info(bytes) {
-                    view.add(&interest, group, bytes, &info);
+                    self.add_view(&mut view, &interest, group, bytes, &info);
                 }
             }
             chunk.push(id);

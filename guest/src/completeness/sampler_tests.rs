@@ -744,3 +744,21 @@ fn a_sharded_instance_divides_its_rate_limits() {
     assert_eq!(keep_count(&mut whole, &i1), 10);
     assert_eq!(keep_count(&mut half, &i2), 5);
 }
+
+#[test]
+fn a_late_child_consumer_through_links_is_a_late_completion() {
+    let mut r = Run::new("1s", "[]");
+    let p = tid(1);
+    r.ingest(&checkout(p), T0);
+    r.tick(T0 + SEC);
+    r.tick(T0 + 2 * SEC);
+    assert_eq!(r.decision(p).completeness, Completeness::Incomplete);
+    // The consumer, a child of the producer, arrives after the decision: the host shows it
+    // through `links`, not as a new trace.
+    let answer = r.links(&child_consumer(p), T0 + 3 * SEC);
+    assert!(answer.decisions.is_empty());
+    r.flush(T0 + 4 * SEC);
+    assert_eq!(r.decided.len(), 1, "nothing buffered: {:?}", r.decided);
+    assert_eq!(r.queue_totals("order_confirmed"), (1, 1, 1));
+    assert_eq!(r.last_queue("order_confirmed").5, 0, "nothing unconsumed");
+}
