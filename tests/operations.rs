@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
 
@@ -70,6 +70,8 @@ struct SinkStore {
     keys: Mutex<HashSet<Key>>,
     /// The `grpc-encoding` of each request received ("" when uncompressed).
     encodings: Mutex<HashSet<String>>,
+    /// Answer every request with a partial success rejecting this many spans.
+    reject: std::sync::atomic::AtomicI64,
 }
 
 struct SinkService(Arc<SinkStore>);
@@ -95,7 +97,13 @@ impl TraceService for SinkService {
                 }
             }
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        let rejected_spans = self.0.reject.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: (rejected_spans > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans,
+                error_message: "test sink rejects spans".into(),
+            }),
+        }))
     }
 }
 
@@ -638,5 +646,42 @@ fn zstd_exporter_compression() {
     sink.wait_for(&keys, &host);
     let encodings = sink.store.encodings.lock().unwrap().clone();
     assert_eq!(encodings, HashSet::from(["zstd".to_owned()]));
+    host.terminate_cleanly();
+}
+
+/// A partial success from the exporter's target counts the rejected spans as dropped
+/// (`export_rejected`), not as exported.
+#[test]
+fn rejected_spans_of_a_partial_success_are_counted() {
+    let rt = runtime();
+    let ports = Ports::new();
+    let mut sink = Sink::new(free_port());
+    sink.store
+        .reject
+        .store(2, std::sync::atomic::Ordering::Relaxed);
+    sink.start();
+    let mut host = Host::start_yaml(ports, &yaml(&ports, sink.port, "100ms", ""));
+    let (req, keys) = trace(5);
+    assert!(matches!(send_grpc(&rt, ports.grpc, req), Outcome::Accepted));
+    sink.wait_for(&keys, &host);
+    let deadline = Instant::now() + EXPORT_TIMEOUT;
+    loop {
+        let samples = scrape(&host);
+        let rejected = metric_sum(
+            &samples,
+            "tracekeeper_spans_dropped_total",
+            &[("reason", "export_rejected")],
+        );
+        let exported = metric_sum(&samples, "tracekeeper_spans_exported_total", &[]);
+        if rejected == 2.0 {
+            assert_eq!(exported, 3.0, "rejected spans are not counted as exported");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "export_rejected = {rejected}, exported = {exported}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     host.terminate_cleanly();
 }

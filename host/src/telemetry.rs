@@ -304,6 +304,7 @@ impl Metrics {
             "invalid",
             "late_not_sampled",
             "export_failed",
+            "export_rejected",
             "exporter_stopped",
             "shutdown",
         ] {

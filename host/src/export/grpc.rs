@@ -79,7 +79,7 @@ impl GrpcExporter {
     }
 
     /// One attempt.
-    pub async fn send(&mut self, body: &Bytes) -> Result<(), SendError> {
+    pub async fn send(&mut self, body: &Bytes) -> Result<u64, SendError> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         match self.compression {
             Compression::Gzip => grpc = grpc.send_compressed(CompressionEncoding::Gzip),
@@ -99,10 +99,7 @@ impl GrpcExporter {
         }
         let path = PathAndQuery::from_static(EXPORT_PATH);
         match grpc.unary(req, path, RawCodec).await {
-            Ok(resp) => {
-                log_partial_success(resp.get_ref());
-                Ok(())
-            }
+            Ok(resp) => Ok(partial_success(resp.get_ref())),
             Err(status) => Err(classify(&status)),
         }
     }
@@ -166,17 +163,56 @@ fn classify(status: &tonic::Status) -> SendError {
     }
 }
 
-fn log_partial_success(resp: &Bytes) {
+/// The spans an `ExportTraceServiceResponse` (protobuf) says were rejected, logged with the
+/// target's message; 0 for a full success or a response that does not decode.
+pub(crate) fn partial_success(resp: &[u8]) -> u64 {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
     use prost::Message;
-    if let Ok(r) = ExportTraceServiceResponse::decode(resp.as_ref())
-        && let Some(p) = r.partial_success
-        && (p.rejected_spans > 0 || !p.error_message.is_empty())
-    {
+    let Ok(r) = ExportTraceServiceResponse::decode(resp) else {
+        return 0;
+    };
+    let Some(p) = r.partial_success else {
+        return 0;
+    };
+    if p.rejected_spans > 0 || !p.error_message.is_empty() {
         tracing::warn!(
             rejected_spans = p.rejected_spans,
             "the exporter's endpoint rejected spans: {}",
             p.error_message
         );
+    }
+    u64::try_from(p.rejected_spans).unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTracePartialSuccess, ExportTraceServiceResponse,
+    };
+    use prost::Message;
+
+    use super::partial_success;
+
+    #[test]
+    fn partial_success_counts_the_rejected_spans() {
+        let with = |rejected: i64, message: &str| {
+            ExportTraceServiceResponse {
+                partial_success: Some(ExportTracePartialSuccess {
+                    rejected_spans: rejected,
+                    error_message: message.into(),
+                }),
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(partial_success(&with(3, "bad ids")), 3);
+        assert_eq!(partial_success(&with(0, "just a warning")), 0);
+        assert_eq!(partial_success(&with(-1, "nonsense")), 0);
+        assert_eq!(
+            partial_success(&ExportTraceServiceResponse::default().encode_to_vec()),
+            0
+        );
+        assert_eq!(partial_success(b""), 0);
+        assert_eq!(partial_success(b"\xff\xff garbage"), 0);
     }
 }

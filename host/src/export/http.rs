@@ -87,7 +87,7 @@ impl HttpExporter {
     }
 
     /// One attempt.
-    pub async fn send(&mut self, body: &Bytes) -> Result<(), SendError> {
+    pub async fn send(&mut self, body: &Bytes) -> Result<u64, SendError> {
         let mut builder =
             Request::post(self.url.clone()).header(header::CONTENT_TYPE, "application/x-protobuf");
         let payload = match self.compression {
@@ -120,7 +120,13 @@ impl HttpExporter {
             .map_err(|e| SendError::Retryable(format!("{e}"), None))?;
         let status = resp.status();
         if status.is_success() {
-            return Ok(());
+            // The body is an ExportTraceServiceResponse; a partial success names rejected spans.
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Ok(super::grpc::partial_success(&body));
         }
         let retry_after = resp
             .headers()

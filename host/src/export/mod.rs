@@ -86,12 +86,13 @@ impl Exporter {
         }
     }
 
-    async fn send(&mut self, req: &ExportRequest) -> Result<(), SendError> {
+    /// Sends one request; `Ok` carries the spans the target rejected in a partial success.
+    async fn send(&mut self, req: &ExportRequest) -> Result<u64, SendError> {
         match self {
             Exporter::Grpc(g) => g.send(&req.body).await,
             Exporter::Http(h) => h.send(&req.body).await,
-            Exporter::File(f) => f.send(&req.body),
-            Exporter::Debug(d) => d.send(&req.body),
+            Exporter::File(f) => f.send(&req.body).map(|()| 0),
+            Exporter::Debug(d) => d.send(&req.body).map(|()| 0),
         }
     }
 }
@@ -114,8 +115,14 @@ pub fn spawn(
                 // answer (the request is dropped and counted), so it ends the period too.
                 health.export_attempt(!matches!(result, Err(SendError::Retryable(..))));
                 match result {
-                    Ok(()) => {
-                        metrics.spans_exported.inc_by(req.spans as u64);
+                    Ok(rejected) => {
+                        // A partial success: the target took the request but refused some
+                        // spans (permanently, per the OTLP spec).
+                        let rejected = rejected.min(req.spans as u64);
+                        if rejected > 0 {
+                            metrics.drop_spans("export_rejected", rejected);
+                        }
+                        metrics.spans_exported.inc_by(req.spans as u64 - rejected);
                         metrics
                             .export_requests
                             .get_or_create(&OutcomeLabel { outcome: "success" })
