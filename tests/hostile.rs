@@ -47,7 +47,7 @@ fn start() -> (Receiver, Host) {
         r#"receivers:
   otlp:
     protocols:
-      grpc: {{endpoint: "127.0.0.1:{grpc}", max_recv_msg_size_mib: {GRPC_LIMIT_MIB}}}
+      grpc: {{endpoint: "127.0.0.1:{grpc}", max_recv_msg_size_mib: {GRPC_LIMIT_MIB}, read_header_timeout: {HEADER_TIMEOUT}, read_timeout: {BODY_TIMEOUT}}}
       http: {{endpoint: "127.0.0.1:{http}", max_request_body_size: {BODY_LIMIT}, read_header_timeout: {HEADER_TIMEOUT}, read_timeout: {BODY_TIMEOUT}}}
 processors:
   tail_sampling:
@@ -1301,4 +1301,128 @@ fn slowloris_clients_are_cut_off_and_harm_no_one() {
             hex(&key.1)
         );
     }
+}
+
+/// An HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.push(kind);
+    f.push(flags);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An HPACK "literal header field without indexing — new name", no Huffman (short strings).
+fn hpack(name: &str, value: &str) -> Vec<u8> {
+    let mut v = vec![0x00, name.len() as u8];
+    v.extend(name.bytes());
+    v.push(value.len() as u8);
+    v.extend(value.bytes());
+    v
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads HTTP/2 frames until the server ends stream 1 (HEADERS with END_STREAM, or RST_STREAM),
+/// sends GOAWAY or closes the connection; says which. Fails after [`STALL_BOUND`] (a hang).
+fn h2_end_of_stream_1(stream: &mut TcpStream) -> &'static str {
+    stream.set_read_timeout(Some(STALL_BOUND)).unwrap();
+    let mut got: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        while got.len() >= 9 {
+            let len = u32::from_be_bytes([0, got[0], got[1], got[2]]) as usize;
+            if got.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (got[3], got[4]);
+            let id = u32::from_be_bytes([got[5], got[6], got[7], got[8]]) & 0x7fff_ffff;
+            got.drain(..9 + len);
+            match (kind, id) {
+                (1, 1) if flags & 0x1 != 0 => return "trailers",
+                (3, 1) => return "reset",
+                (7, _) => return "goaway",
+                _ => {}
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return "closed",
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("the gRPC server kept a stalled request open for {STALL_BOUND:?}")
+            }
+            Err(_) => return "closed",
+        }
+    }
+}
+
+#[test]
+fn grpc_slowloris_clients_are_cut_off_and_harm_no_one() {
+    let (receiver, mut host) = start();
+    let port = host.ports.grpc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = good_client(&host, stop.clone());
+
+    // A connection that sends nothing, and one that stops inside the HTTP/2 preface: closed.
+    assert_eq!(stall(port, b""), None, "a silent connection");
+    assert_eq!(stall(port, &H2_PREFACE[..16]), None, "half a preface");
+
+    // A whole request's headers, then a message that stops half-way: the request is ended.
+    let mut headers = Vec::new();
+    for (k, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (
+            ":path",
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        ),
+        (":authority", "x"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        headers.extend(hpack(k, v));
+    }
+    let message = valid_request();
+    let mut data = vec![0u8];
+    data.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    data.extend_from_slice(&message[..message.len() / 2]);
+    let mut bytes = H2_PREFACE.to_vec();
+    bytes.extend(h2_frame(4, 0, 0, &[])); // SETTINGS
+    bytes.extend(h2_frame(1, 0x4, 1, &headers)); // HEADERS, END_HEADERS
+    bytes.extend(h2_frame(0, 0, 1, &data)); // DATA, stream left open
+    let stalled: Vec<_> = (0..10)
+        .map(|_| {
+            let bytes = bytes.clone();
+            std::thread::spawn(move || {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+                stream.write_all(&bytes).unwrap();
+                h2_end_of_stream_1(&mut stream)
+            })
+        })
+        .collect();
+    for s in stalled {
+        let end = s.join().unwrap();
+        assert!(
+            matches!(end, "trailers" | "reset" | "goaway" | "closed"),
+            "{end}"
+        );
+    }
+
+    host.assert_healthy();
+    stop.store(true, Ordering::Relaxed);
+    let (good_sent, good_failures) = good.join().unwrap();
+    assert!(
+        good_failures.is_empty(),
+        "the good client failed: {good_failures:?}"
+    );
+    let keys: Vec<_> = good_sent.iter().flat_map(SentTrace::keys).collect();
+    receiver.wait_for(&keys, "the good client's spans", &host);
+    host.terminate_cleanly();
 }

@@ -99,6 +99,14 @@ pub struct GrpcProtocol {
     /// Largest request accepted, MiB (after decompression).
     #[serde(default = "default_max_recv_msg_size_mib")]
     pub max_recv_msg_size_mib: usize,
+    /// Time allowed from connecting to the HTTP/2 preface (default
+    /// [`DEFAULT_READ_HEADER_TIMEOUT`]); a silent client is disconnected (slowloris).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub read_header_timeout: Option<Duration>,
+    /// Time allowed for a request to arrive whole and be answered (default
+    /// [`DEFAULT_READ_TIMEOUT`]); a slower one is cancelled (`CANCELLED`).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub read_timeout: Option<Duration>,
     /// TLS (absent: plaintext).
     #[serde(default)]
     pub tls: Option<ServerTls>,
@@ -112,6 +120,8 @@ impl Default for GrpcProtocol {
         GrpcProtocol {
             endpoint: default_grpc_endpoint(),
             max_recv_msg_size_mib: default_max_recv_msg_size_mib(),
+            read_header_timeout: None,
+            read_timeout: None,
             tls: None,
             auth: None,
         }

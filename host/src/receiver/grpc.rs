@@ -16,6 +16,8 @@ use prost::Message;
 use tonic::body::Body;
 use tonic::codec::CompressionEncoding;
 use tonic::server::{Grpc, NamedService, UnaryService};
+
+use super::deadline::{FirstBytes, HTTP2_PREFACE_LEN};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Code, Status};
 
@@ -46,6 +48,10 @@ pub struct GrpcSettings {
     pub tls: Option<ServerTlsConfig>,
     /// The bearer-token check, when configured.
     pub auth: Option<Arc<BearerAuth>>,
+    /// Time allowed from connecting to the HTTP/2 preface.
+    pub header_timeout: Duration,
+    /// Time allowed for a request to arrive whole and be answered.
+    pub request_timeout: Duration,
 }
 
 impl GrpcSettings {
@@ -75,6 +81,12 @@ impl GrpcSettings {
         };
         Ok(GrpcSettings {
             max_message_bytes: g.max_recv_msg_size_mib.saturating_mul(1 << 20),
+            header_timeout: g
+                .read_header_timeout
+                .unwrap_or(crate::config::DEFAULT_READ_HEADER_TIMEOUT),
+            request_timeout: g
+                .read_timeout
+                .unwrap_or(crate::config::DEFAULT_READ_TIMEOUT),
             tls,
             auth: super::auth_for(g.auth.as_ref(), extensions)?,
         })
@@ -188,8 +200,13 @@ pub async fn serve(
         auth: settings.auth,
     };
     let tls = settings.tls.is_some();
+    let header_timeout = settings.header_timeout;
     tracing::info!(?addr, tls, "OTLP/gRPC receiver listening");
-    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    // A request that does not arrive whole in time (a body that stalls) is cancelled; a
+    // connection that never sends its preface is closed.
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .timeout(settings.request_timeout);
     if let Some(config) = settings.tls {
         builder = builder
             .tls_config(config)
@@ -198,7 +215,15 @@ pub async fn serve(
     builder
         .add_service(svc)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                move |conn| {
+                    conn.map(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                        FirstBytes::new(tcp, header_timeout, HTTP2_PREFACE_LEN)
+                    })
+                },
+            ),
             shutdown.wait(),
         )
         .await?;

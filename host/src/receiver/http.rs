@@ -25,6 +25,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prost::Message;
 
+use super::deadline::{FirstBytes, HTTP2_PREFACE_LEN};
 use super::gzip::{GunzipError, gunzip_limited};
 use super::{Ingest, IngestError};
 use crate::auth::BearerAuth;
@@ -339,6 +340,9 @@ pub async fn serve(
             () = &mut stop => break,
         };
         let _ = tcp.set_nodelay(true);
+        // HTTP/1 headers have hyper's header timeout; an HTTP/2 (h2c) client must at least send
+        // its preface in that time.
+        let tcp = FirstBytes::new(tcp, header_timeout, HTTP2_PREFACE_LEN);
         let service = TowerToHyperService::new(app.clone());
         let watcher = graceful.watcher();
         let tls = tls.clone();

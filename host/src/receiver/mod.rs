@@ -4,6 +4,8 @@
 //! The servers and the ingest path need the guest runtime (feature `runtime`, on by default);
 //! [`gzip`] does not, so the fuzz targets can build it without wasmtime.
 
+#[cfg(feature = "runtime")]
+pub mod deadline;
 pub mod gzip;
 
 #[cfg(feature = "runtime")]
