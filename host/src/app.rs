@@ -106,7 +106,7 @@ pub async fn run(config: Config, guest: Option<&Path>) -> anyhow::Result<()> {
 }
 
 /// Runs the sidecar until SIGINT or SIGTERM, then drains; on SIGHUP re-reads `config_path` and
-/// switches the worker to the new guest configuration (see [`reload`]).
+/// switches the workers to the new guest configuration (see `reload`).
 pub async fn run_with_reload(
     config: Config,
     config_path: Option<&Path>,
