@@ -31,10 +31,11 @@
 //! includes that fragmentation. The memory the buffered spans hold is therefore at most
 //! `held_bytes()` plus one chunk (the current one, while no buffered span is in it), plus the
 //! chunks of removed traces the caller still holds. In time: every span of a chunk was written
-//! while the chunk was current, so the chunk is freed at most one decision wait after the arena
-//! moved on from it; a chunk wastes at most its tail when the next span does not fit, which is
-//! under [`MAX_CHUNKED_SPAN`] (1/16 of a chunk), since larger spans get an allocation of their
-//! own.
+//! while the chunk was current, to a trace first seen by then, so when the guest decides every
+//! trace within its decision wait the chunk is freed at most one decision wait after the arena
+//! moved on from it. A chunk wastes at most its tail when the next span does not fit, which is
+//! less than [`MAX_CHUNKED_SPAN`] + [`RECORD_HEADER`] bytes (about 1/16 of a chunk), since larger
+//! spans get an allocation of their own.
 
 use std::collections::VecDeque;
 
