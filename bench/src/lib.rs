@@ -1,6 +1,6 @@
 //! The tracekeeper benchmark: a synthetic OTLP workload, a load generator, a counting sink, the
 //! prost floor, and the runner that measures tracekeeper and Rotel with the same load in one run
-//! (DESIGN.md section 9; results and the command in BENCHMARKS.md).
+//! (DESIGN.md section 9; results and the command in BENCHMARKS.md), and the soak.
 
 pub mod floor;
 pub mod load;
@@ -8,4 +8,5 @@ pub mod procs;
 pub mod procstat;
 pub mod runner;
 pub mod sink;
+pub mod soak;
 pub mod workload;

@@ -159,11 +159,30 @@ impl Client1 {
     }
 }
 
+/// Live counts of a load that is still running (read by the soak's sampler).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Requests answered (accepted or not).
+    pub sent: AtomicU64,
+    /// Requests the receiver accepted.
+    pub accepted: AtomicU64,
+}
+
 /// Sends the workload as `spec` says; `epoch` is the run's time origin.
 pub async fn run(
     workload: Arc<Workload>,
     spec: &LoadSpec,
     epoch: Instant,
+) -> anyhow::Result<LoadResult> {
+    run_with_progress(workload, spec, epoch, Arc::new(Progress::default())).await
+}
+
+/// [`run`], counting answered and accepted requests in `progress` as they happen.
+pub async fn run_with_progress(
+    workload: Arc<Workload>,
+    spec: &LoadSpec,
+    epoch: Instant,
+    progress: Arc<Progress>,
 ) -> anyhow::Result<LoadResult> {
     let connections = spec.connections.clamp(1, MAX_CONNECTIONS);
     let mut clients = Vec::with_capacity(connections);
@@ -184,6 +203,7 @@ pub async fn run(
     for mut client in clients {
         let workload = Arc::clone(&workload);
         let next = Arc::clone(&next);
+        let progress = Arc::clone(&progress);
         tasks.push(tokio::spawn(async move {
             let mut sent = Vec::new();
             let mut first_error = None;
@@ -207,6 +227,10 @@ pub async fn run(
                     && first_error.is_none()
                 {
                     first_error = Some(e.clone());
+                }
+                progress.sent.fetch_add(1, Ordering::Relaxed);
+                if r.is_ok() {
+                    progress.accepted.fetch_add(1, Ordering::Relaxed);
                 }
                 sent.push(Sent {
                     request: k,

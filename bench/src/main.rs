@@ -1,10 +1,13 @@
-//! `tracekeeper-bench`: the benchmark runner (`run`), and its load generator (`gen`) and
-//! counting sink (`sink`) on their own, for profiling a process by hand.
+//! `tracekeeper-bench`: the benchmark runner (`run`), the soak (`soak`: a steady load for 30
+//! minutes, RSS, fds and spans lost over time; run by hand), and the load generator (`gen`)
+//! and counting sink (`sink`) on their own, for profiling a process by hand.
 //!
 //! ```sh
 //! cargo build --release -p tracekeeper -p tracekeeper-bench
 //! target/release/tracekeeper-bench run            # the full run (BENCHMARKS.md)
 //! target/release/tracekeeper-bench run --quick    # a short smoke run
+//! target/release/tracekeeper-bench soak           # 30 minutes at 20 000 spans/s (BENCHMARKS.md)
+//! target/release/tracekeeper-bench soak --quick   # 3 minutes, a smoke run of the soak
 //! ```
 
 use std::net::SocketAddr;
@@ -17,6 +20,7 @@ use clap::{Args, Parser, Subcommand};
 use tracekeeper_bench::load::{self, LoadSpec, Protocol};
 use tracekeeper_bench::runner::{self, RunConfig};
 use tracekeeper_bench::sink::Sink;
+use tracekeeper_bench::soak::{self, SoakConfig, parse_duration};
 use tracekeeper_bench::workload::{Workload, WorkloadSpec};
 
 /// Load duration of each phase of the full run.
@@ -37,6 +41,12 @@ const KEEP_ALL_DECISION_WAIT: Duration = Duration::from_secs(1);
 const FULL_FLOOR_TIME: Duration = Duration::from_secs(3);
 /// Wall time of each floor measurement with `--quick`.
 const QUICK_FLOOR_TIME: Duration = Duration::from_millis(500);
+/// Load duration of the soak.
+const SOAK_DURATION: &str = "30m";
+/// Load duration of the soak with `--quick`.
+const SOAK_QUICK_DURATION: Duration = Duration::from_secs(180);
+/// Sampling period of the soak with `--quick`.
+const SOAK_QUICK_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the standalone sink prints its count.
 const SINK_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -55,6 +65,9 @@ enum Cmd {
     /// Start tracekeeper (keep-all, then default policies) and Rotel on loopback, drive each
     /// with the same load into a counting sink, and print the table.
     Run(RunArgs),
+    /// Hold a steady load on tracekeeper (keep-all) for a long time; sample RSS, open fds and
+    /// span counts every interval, then count spans lost and judge RSS growth.
+    Soak(SoakArgs),
     /// Send the workload to an OTLP endpoint.
     Gen(GenArgs),
     /// Receive OTLP/gRPC and print spans per second.
@@ -137,6 +150,49 @@ struct RunArgs {
 }
 
 #[derive(Args)]
+struct SoakArgs {
+    /// A 3-minute soak sampled every 5 s (a smoke run, not the published result).
+    #[arg(long)]
+    quick: bool,
+    #[command(flatten)]
+    workload: WorkloadArgs,
+    /// How long the load runs (30m, 90s, 1h, or seconds) [default: 30m, quick 3m].
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Target spans per second (a steady load; must be > 0).
+    #[arg(long, default_value_t = 20_000.0)]
+    rate: f64,
+    /// Sampling period [default: 10s, quick 5s].
+    #[arg(long, value_parser = parse_duration)]
+    interval: Option<Duration>,
+    /// Judged window at the end of the load [default: the last 20 minutes, or the last two
+    /// thirds of a shorter run].
+    #[arg(long, value_parser = parse_duration)]
+    window: Option<Duration>,
+    /// Generator connections (one request in flight each).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Transport from the generator to tracekeeper.
+    #[arg(long, value_enum, default_value_t = Protocol::Grpc)]
+    protocol: Protocol,
+    /// decision_wait of the keep-all configuration.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    decision_wait: Duration,
+    /// Exporter compression.
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "none"])]
+    compression: String,
+    /// The tracekeeper binary [default: next to this one].
+    #[arg(long)]
+    tracekeeper: Option<PathBuf>,
+    /// Where every sample is written as CSV.
+    #[arg(long, default_value_os_t = soak::default_csv())]
+    csv: PathBuf,
+    /// Keep the configuration and the log of tracekeeper in this directory.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct GenArgs {
     /// Receiver address (host:port).
     #[arg(long, default_value = "127.0.0.1:4317")]
@@ -174,6 +230,7 @@ fn secs(s: f64, what: &str) -> anyhow::Result<Duration> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Run(a) => run(a).await,
+        Cmd::Soak(a) => soak_run(a).await,
         Cmd::Gen(a) => generate(a).await,
         Cmd::Sink(a) => sink(a).await,
     }
@@ -222,6 +279,52 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         }
         Err(e) => {
             eprintln!("configurations and logs kept in {}", cfg.work_dir.display());
+            Err(e)
+        }
+    }
+}
+
+async fn soak_run(a: SoakArgs) -> anyhow::Result<()> {
+    let q = a.quick;
+    let keep_logs = a.work_dir.is_some();
+    let cfg = SoakConfig {
+        workload: a.workload.spec(),
+        rate: a.rate,
+        duration: match a.duration {
+            Some(d) => d,
+            None if q => SOAK_QUICK_DURATION,
+            None => parse_duration(SOAK_DURATION).map_err(anyhow::Error::msg)?,
+        },
+        interval: match a.interval {
+            Some(d) => d,
+            None if q => SOAK_QUICK_INTERVAL,
+            None => Duration::from_secs(10),
+        },
+        window: a.window,
+        connections: a.connections,
+        protocol: a.protocol,
+        decision_wait: a.decision_wait,
+        gzip: a.compression == "gzip",
+        tracekeeper: match a.tracekeeper {
+            Some(p) => p,
+            None => runner::default_tracekeeper()?,
+        },
+        work_dir: a.work_dir.unwrap_or_else(runner::default_work_dir),
+        csv: a.csv,
+    };
+    anyhow::ensure!(!cfg.interval.is_zero(), "--interval must be more than 0");
+    match soak::run(&cfg).await {
+        Ok(report) => {
+            println!("{}", soak::render(&cfg, &report));
+            println!("samples: {}", cfg.csv.display());
+            if !keep_logs {
+                runner::clean_work_dir(&cfg.work_dir);
+            }
+            anyhow::ensure!(report.passed(), "soak FAILED");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("configuration and log kept in {}", cfg.work_dir.display());
             Err(e)
         }
     }

@@ -169,7 +169,8 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     })
 }
 
-fn go_duration(d: Duration) -> String {
+/// A duration as the configuration file writes it (Go syntax).
+pub(crate) fn go_duration(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
@@ -195,6 +196,25 @@ fn tracekeeper_config(
          \x20     - {name: baseline, type: probabilistic, probabilistic: {sampling_percentage: 10}}\n"
             .to_string()
     };
+    let phase = if keep_all {
+        "keep-all"
+    } else {
+        "default policies"
+    };
+    config_text(phase, &policies, wait, num_traces, ports, sink, cfg.gzip)
+}
+
+/// A tracekeeper configuration on `ports`, exporting to `sink`; `policies` are the lines of
+/// the `policies:` list.
+pub(crate) fn config_text(
+    phase: &str,
+    policies: &str,
+    wait: Duration,
+    num_traces: u64,
+    ports: &Ports,
+    sink: SocketAddr,
+    gzip: bool,
+) -> String {
     format!(
         "# Written by tracekeeper-bench ({phase}).\n\
          receivers:\n  otlp:\n    protocols:\n      grpc: {{endpoint: \"{grpc}\"}}\n      \
@@ -205,31 +225,26 @@ fn tracekeeper_config(
          exporters:\n  otlp: {{endpoint: \"{sink}\", tls: {{insecure: true}}, compression: {compression}}}\n\
          extensions:\n  health_check: {{endpoint: \"{health}\"}}\n\
          service:\n  telemetry:\n    metrics: {{address: \"{metrics}\"}}\n    logs: {{level: warn}}\n",
-        phase = if keep_all {
-            "keep-all"
-        } else {
-            "default policies"
-        },
         grpc = ports.grpc,
         http = ports.http,
         wait = go_duration(wait),
-        sink = sink,
-        compression = if cfg.gzip { "gzip" } else { "none" },
+        compression = if gzip { "gzip" } else { "none" },
         health = ports.health,
         metrics = ports.metrics,
     )
 }
 
+/// The loopback ports of one tracekeeper process.
 #[derive(Debug)]
-struct Ports {
-    grpc: SocketAddr,
-    http: SocketAddr,
-    health: SocketAddr,
-    metrics: SocketAddr,
+pub(crate) struct Ports {
+    pub(crate) grpc: SocketAddr,
+    pub(crate) http: SocketAddr,
+    pub(crate) health: SocketAddr,
+    pub(crate) metrics: SocketAddr,
 }
 
 impl Ports {
-    fn new() -> anyhow::Result<Ports> {
+    pub(crate) fn new() -> anyhow::Result<Ports> {
         Ok(Ports {
             grpc: free_port()?,
             http: free_port()?,
@@ -237,7 +252,7 @@ impl Ports {
             metrics: free_port()?,
         })
     }
-    fn receiver(&self, protocol: Protocol) -> SocketAddr {
+    pub(crate) fn receiver(&self, protocol: Protocol) -> SocketAddr {
         match protocol {
             Protocol::Grpc => self.grpc,
             Protocol::Http => self.http,
@@ -477,7 +492,7 @@ fn report_phase(p: &Phase) {
 }
 
 /// Spans of accepted requests that never reached the sink.
-fn lost(workload: &Workload, load: &LoadResult, sink: &Sink) -> u64 {
+pub(crate) fn lost(workload: &Workload, load: &LoadResult, sink: &Sink) -> u64 {
     let tally = sink.tally();
     let spr = workload.spans_per_request();
     load.sent

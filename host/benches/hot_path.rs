@@ -11,7 +11,17 @@
 //! * `export/tag_and_encode`: appending the tags of a probabilistic keep (policy, completeness,
 //!   a raised `th` in tracestate) to every span and encoding the export request.
 //!
-//! All reported per span. Run: `cargo bench -p tracekeeper --bench hot_path`.
+//! And the trace buffer in a steady state (`buffer/...`): [`STEADY_TRACES`] traces of 10 spans
+//! buffered, each iteration pushes one 100-span request of new spans and removes the oldest
+//! traces whose spans are all in (FIFO, as decisions go), for `TraceBuffer` (`chunks`) and, as
+//! the baseline, the growing `Vec` per trace it replaced (`vec_per_trace`, kept below), in two
+//! shapes: `request` (a request carries 10 traces with their 10 spans together, the reference
+//! load) and `spread` (a request carries one span of each of 100 traces; a trace's spans come in
+//! 10 requests in a row). Before measuring, each prints its memory per buffered span (bytes held,
+//! by its own accounting, ÷ spans) against the encoded size.
+//!
+//! All reported per span. Run: `cargo bench -p tracekeeper --bench hot_path` (only the buffer:
+//! `... -- buffer/`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -26,10 +36,10 @@ use prost::Message;
 use tracekeeper::buffer::TraceBuffer;
 use tracekeeper::config::{Config, DEFAULT_CONFIG};
 use tracekeeper::export::builder::ExportBuilder;
-use tracekeeper::otlp::request::parse_request;
+use tracekeeper::otlp::request::{Group, parse_request};
 use tracekeeper::otlp::view::{Interest, ViewBuilder};
 use tracekeeper::tags::TraceTags;
-use tracekeeper_abi::{Completeness, ThresholdOp};
+use tracekeeper_abi::{Completeness, ThresholdOp, TraceId};
 
 /// Spans per request.
 const SPANS: usize = 100;
@@ -190,6 +200,277 @@ fn benches(c: &mut Criterion) {
             std::hint::black_box(builder.finish())
         })
     });
+    g.finish();
+    buffer_benches(
+        c,
+        &parsed.groups[0],
+        &parsed.spans.iter().map(|s| s.bytes).collect::<Vec<_>>(),
+    );
+}
+
+/// Traces held in the steady-state buffer benches (200 000 spans, about 73 MB: well past the
+/// caches, like the 500 000 spans of the end-to-end run).
+const STEADY_TRACES: u64 = 20_000;
+
+/// The trace buffer as it was before the shared chunks: one growing `Vec<u8>` per trace (the
+/// baseline of `buffer/.../vec_per_trace`; same push, remove and accounting as `TraceBuffer`
+/// had).
+mod vec_per_trace {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    use hashbrown::HashMap;
+    use tracekeeper::otlp::request::Group;
+    use tracekeeper_abi::TraceId;
+
+    #[derive(Debug, Clone, Copy)]
+    struct StoredSpan {
+        start: u32,
+        len: u32,
+        group: u16,
+    }
+
+    #[derive(Default)]
+    pub struct Entry {
+        data: Vec<u8>,
+        spans: Vec<StoredSpan>,
+        groups: Vec<Arc<Group>>,
+    }
+
+    impl Entry {
+        fn push(&mut self, group: &Arc<Group>, bytes: &[u8]) {
+            let g = match self.groups.iter().rposition(|g| Arc::ptr_eq(g, group)) {
+                Some(i) => i,
+                None => {
+                    self.groups.push(Arc::clone(group));
+                    self.groups.len() - 1
+                }
+            };
+            let start = self.data.len() as u32;
+            self.data.extend_from_slice(bytes);
+            self.spans.push(StoredSpan {
+                start,
+                len: bytes.len() as u32,
+                group: g as u16,
+            });
+        }
+
+        fn memory(&self) -> usize {
+            self.data.capacity() + self.spans.capacity() * std::mem::size_of::<StoredSpan>()
+        }
+
+        pub fn spans(&self) -> impl Iterator<Item = (&Arc<Group>, &[u8])> {
+            self.spans.iter().filter_map(|s| {
+                let bytes = self
+                    .data
+                    .get(s.start as usize..(s.start as usize + s.len as usize))?;
+                Some((self.groups.get(usize::from(s.group))?, bytes))
+            })
+        }
+    }
+
+    #[derive(Default)]
+    pub struct Buffer {
+        traces: HashMap<TraceId, Entry>,
+        order: VecDeque<TraceId>,
+        bytes: usize,
+    }
+
+    impl Buffer {
+        pub fn push(&mut self, trace_id: TraceId, group: &Arc<Group>, bytes: &[u8]) -> bool {
+            let mut new = false;
+            let entry = self.traces.entry(trace_id).or_insert_with(|| {
+                new = true;
+                Entry::default()
+            });
+            if new {
+                self.order.push_back(trace_id);
+            }
+            let before = entry.memory();
+            entry.push(group, bytes);
+            self.bytes += entry.memory() - before;
+            new
+        }
+
+        pub fn remove(&mut self, trace_id: &TraceId) -> Option<Entry> {
+            let e = self.traces.remove(trace_id)?;
+            self.bytes = self.bytes.saturating_sub(e.memory());
+            Some(e)
+        }
+
+        pub fn compact(&mut self) {
+            if self.order.len() > 2 * self.traces.len() + 1024 {
+                let traces = &self.traces;
+                self.order.retain(|id| traces.contains_key(id));
+            }
+        }
+
+        pub fn bytes(&self) -> usize {
+            self.bytes
+        }
+    }
+}
+
+/// What the steady-state benches need of a buffer.
+trait Buffer: Default {
+    fn push(&mut self, id: TraceId, group: &Arc<Group>, bytes: &[u8]);
+    /// Removes a trace and reads its spans (as the worker does for a kept trace).
+    fn remove(&mut self, id: &TraceId) -> usize;
+    fn compact(&mut self);
+    fn bytes(&self) -> usize;
+}
+
+impl Buffer for TraceBuffer {
+    fn push(&mut self, id: TraceId, group: &Arc<Group>, bytes: &[u8]) {
+        TraceBuffer::push(self, id, group, bytes);
+    }
+    fn remove(&mut self, id: &TraceId) -> usize {
+        TraceBuffer::remove(self, id).map_or(0, |e| e.spans().map(|(_, s)| s.len()).sum())
+    }
+    fn compact(&mut self) {
+        TraceBuffer::compact(self)
+    }
+    fn bytes(&self) -> usize {
+        TraceBuffer::bytes(self)
+    }
+}
+
+impl Buffer for vec_per_trace::Buffer {
+    fn push(&mut self, id: TraceId, group: &Arc<Group>, bytes: &[u8]) {
+        vec_per_trace::Buffer::push(self, id, group, bytes);
+    }
+    fn remove(&mut self, id: &TraceId) -> usize {
+        vec_per_trace::Buffer::remove(self, id).map_or(0, |e| e.spans().map(|(_, s)| s.len()).sum())
+    }
+    fn compact(&mut self) {
+        vec_per_trace::Buffer::compact(self)
+    }
+    fn bytes(&self) -> usize {
+        vec_per_trace::Buffer::bytes(self)
+    }
+}
+
+fn trace_id(n: u64) -> TraceId {
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&n.to_be_bytes());
+    t[8..].copy_from_slice(&n.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes());
+    TraceId(t)
+}
+
+/// A steady-state load: which spans each request carries, and which traces are complete after
+/// it.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// 10 traces per request, each with its 10 spans together.
+    Request,
+    /// One span of each of 100 traces per request; a trace's 10 spans in 10 requests in a row.
+    Spread,
+}
+
+/// A buffer fed request by request in one shape, holding [`STEADY_TRACES`] traces.
+struct Steady<B> {
+    buffer: B,
+    shape: Shape,
+    /// Requests pushed so far.
+    request: u64,
+    /// Spans buffered.
+    held: usize,
+}
+
+impl<B: Buffer> Steady<B> {
+    fn new(shape: Shape, group: &Arc<Group>, spans: &[&[u8]]) -> Self {
+        let mut s = Steady {
+            buffer: B::default(),
+            shape,
+            request: 0,
+            held: 0,
+        };
+        // In both shapes, this many requests bring the first `STEADY_TRACES` traces in.
+        while s.request < STEADY_TRACES / 10 {
+            s.push_request(group, spans);
+        }
+        s
+    }
+
+    /// Pushes the next request, then removes the traces that fell out of the window.
+    fn push_request(&mut self, group: &Arc<Group>, spans: &[&[u8]]) -> usize {
+        let r = self.request;
+        let mut read = 0;
+        match self.shape {
+            Shape::Request => {
+                for (i, bytes) in spans.iter().enumerate() {
+                    self.buffer
+                        .push(trace_id(r * 10 + i as u64 / 10), group, bytes);
+                }
+                if r * 10 >= STEADY_TRACES {
+                    for t in (r * 10 - STEADY_TRACES)..(r * 10 - STEADY_TRACES + 10) {
+                        read += self.buffer.remove(&trace_id(t));
+                        self.held -= 10;
+                    }
+                }
+            }
+            Shape::Spread => {
+                let block = r / 10;
+                for (i, bytes) in spans.iter().enumerate() {
+                    self.buffer
+                        .push(trace_id(block * 100 + i as u64), group, bytes);
+                }
+                let done = (block + 1) * 100;
+                if r % 10 == 9 && done > STEADY_TRACES {
+                    for t in (done - STEADY_TRACES - 100)..(done - STEADY_TRACES) {
+                        read += self.buffer.remove(&trace_id(t));
+                        self.held -= 10;
+                    }
+                }
+            }
+        }
+        self.held += spans.len();
+        self.buffer.compact();
+        self.request += 1;
+        read
+    }
+}
+
+fn buffer_benches(c: &mut Criterion, group: &Arc<Group>, spans: &[&[u8]]) {
+    let encoded: usize = spans.iter().map(|s| s.len()).sum::<usize>() / spans.len();
+    let mut g = c.benchmark_group("hot_path");
+    g.throughput(Throughput::Elements(spans.len() as u64));
+    for (shape, name) in [(Shape::Request, "request"), (Shape::Spread, "spread")] {
+        fn run<B: Buffer>(
+            g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+            label: String,
+            shape: Shape,
+            group: &Arc<Group>,
+            spans: &[&[u8]],
+            encoded: usize,
+        ) {
+            let mut steady = Steady::<B>::new(shape, group, spans);
+            let per_span = steady.buffer.bytes() as f64 / steady.held as f64;
+            eprintln!(
+                "{label}: {per_span:.0} B per buffered span ({:.2}x the {encoded} encoded)",
+                per_span / encoded as f64
+            );
+            g.bench_function(label, |b| {
+                b.iter(|| std::hint::black_box(steady.push_request(group, spans)))
+            });
+        }
+        run::<vec_per_trace::Buffer>(
+            &mut g,
+            format!("buffer/{name}/vec_per_trace"),
+            shape,
+            group,
+            spans,
+            encoded,
+        );
+        run::<TraceBuffer>(
+            &mut g,
+            format!("buffer/{name}/chunks"),
+            shape,
+            group,
+            spans,
+            encoded,
+        );
+    }
     g.finish();
 }
 

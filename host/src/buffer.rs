@@ -7,24 +7,18 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use tracekeeper_abi::TraceId;
 
+use crate::arena::{ChunkArena, Segment, SegmentSpans};
 use crate::otlp::request::Group;
 use crate::tags::TraceTags;
 
-/// One buffered span: where its bytes are in the trace's arena and which group it came under.
-#[derive(Debug, Clone, Copy)]
-pub struct StoredSpan {
-    start: u32,
-    len: u32,
-    group: u16,
-}
-
 /// The spans of one trace, copied out of their requests so a request's memory is freed as soon
-/// as it is processed.
+/// as it is processed. The bytes are in chunks shared with other traces ([`crate::arena`]); a
+/// removed entry keeps its pieces of them alive until it is dropped.
 #[derive(Debug, Default)]
 pub struct TraceEntry {
-    data: Vec<u8>,
-    spans: Vec<StoredSpan>,
+    segments: Vec<Segment>,
     groups: Vec<Arc<Group>>,
+    spans: usize,
 }
 
 /// Most groups one trace may reference; further groups share the last slot's index space by
@@ -32,11 +26,15 @@ pub struct TraceEntry {
 const MAX_GROUPS_PER_TRACE: usize = u16::MAX as usize;
 
 impl TraceEntry {
-    /// Adds one span's bytes.
-    pub fn push(&mut self, group: &Arc<Group>, bytes: &[u8]) {
+    /// The index of `group` in this trace's groups, adding it if new.
+    fn group_index(&mut self, group: &Arc<Group>) -> u16 {
         let g = match self.groups.iter().rposition(|g| Arc::ptr_eq(g, group)) {
             Some(i) => i,
             None if self.groups.len() < MAX_GROUPS_PER_TRACE => {
+                // Most traces reference one group: start with one slot, then double.
+                if self.groups.len() == self.groups.capacity() {
+                    self.groups.reserve_exact(self.groups.len().max(1));
+                }
                 self.groups.push(Arc::clone(group));
                 self.groups.len() - 1
             }
@@ -48,38 +46,42 @@ impl TraceEntry {
                 .position(|g| **g == **group)
                 .unwrap_or(self.groups.len() - 1),
         };
-        let start = self.data.len() as u32;
-        self.data.extend_from_slice(bytes);
-        self.spans.push(StoredSpan {
-            start,
-            len: bytes.len() as u32,
-            group: g as u16,
-        });
+        u16::try_from(g).unwrap_or(u16::MAX - 1)
     }
 
     /// Number of spans.
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.spans
     }
 
     /// True when no span is held.
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.spans == 0
     }
 
-    /// Bytes held (span bytes plus bookkeeping).
+    /// Bytes of the entry's lists (segments and groups).
+    fn bookkeeping(&self) -> usize {
+        self.segments.capacity() * std::mem::size_of::<Segment>()
+            + self.groups.capacity() * std::mem::size_of::<Arc<Group>>()
+    }
+
+    /// This trace's share of the memory held: its span bytes with their record headers, plus
+    /// bookkeeping. The buffer's [`TraceBuffer::bytes`] can be more than the sum of its traces'
+    /// shares: it counts a chunk in full while any trace still has a span in it.
     pub fn memory(&self) -> usize {
-        self.data.capacity() + self.spans.capacity() * std::mem::size_of::<StoredSpan>()
+        self.bookkeeping() + self.segments.iter().map(Segment::len).sum::<usize>()
     }
 
-    /// Each span's bytes with its group.
+    /// Each span's bytes with its group, in the order they were pushed.
     pub fn spans(&self) -> impl Iterator<Item = (&Arc<Group>, &[u8])> {
-        self.spans.iter().filter_map(|s| {
-            let bytes = self
-                .data
-                .get(s.start as usize..(s.start as usize + s.len as usize))?;
-            Some((self.groups.get(usize::from(s.group))?, bytes))
-        })
+        SegmentSpans::new(&self.segments)
+            .filter_map(|(g, bytes)| Some((self.groups.get(usize::from(g))?, bytes)))
+    }
+
+    /// Number of segments (runs of spans contiguous in one chunk, or large spans).
+    #[cfg(test)]
+    fn segment_count(&self) -> usize {
+        self.segments.len()
     }
 }
 
@@ -88,7 +90,10 @@ impl TraceEntry {
 pub struct TraceBuffer {
     traces: HashMap<TraceId, TraceEntry>,
     order: VecDeque<TraceId>,
-    bytes: usize,
+    /// The span bytes of every buffered trace.
+    arena: ChunkArena,
+    /// Bytes of the buffered entries' lists ([`TraceEntry::bookkeeping`]).
+    bookkeeping: usize,
 }
 
 impl TraceBuffer {
@@ -107,17 +112,26 @@ impl TraceBuffer {
         if new {
             self.order.push_back(trace_id);
         }
-        let before = entry.memory();
-        entry.push(group, bytes);
-        self.bytes += entry.memory() - before;
+        let before = entry.bookkeeping();
+        let g = entry.group_index(group);
+        self.arena.append(&mut entry.segments, g, bytes);
+        entry.spans += 1;
+        self.bookkeeping += entry.bookkeeping().saturating_sub(before);
         new
     }
 
-    /// Removes a decided trace.
+    /// Removes a decided trace. Its bytes stay valid in the returned entry; their memory is
+    /// freed when it is dropped (a chunk once no buffered or returned span is in it).
     pub fn remove(&mut self, trace_id: &TraceId) -> Option<TraceEntry> {
         let e = self.traces.remove(trace_id)?;
-        self.bytes = self.bytes.saturating_sub(e.memory());
+        self.forget(&e);
         Some(e)
+    }
+
+    /// Stops counting a removed entry's memory.
+    fn forget(&mut self, e: &TraceEntry) {
+        self.arena.release(&e.segments);
+        self.bookkeeping = self.bookkeeping.saturating_sub(e.bookkeeping());
     }
 
     /// Number of traces held.
@@ -130,9 +144,10 @@ impl TraceBuffer {
         self.traces.is_empty()
     }
 
-    /// Bytes held.
+    /// Bytes held: every chunk with a buffered span in it in full (so fragmentation is counted
+    /// against `memory_limit_mib`), the allocations of large spans, and the traces' lists.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.arena.held_bytes() + self.bookkeeping
     }
 
     /// Is this trace buffered?
@@ -164,10 +179,12 @@ impl TraceBuffer {
     }
 
     /// The oldest traces whose removal brings the buffer within `max_traces` traces and
-    /// `max_bytes` bytes (for early decisions when the buffer is full); empty when within.
+    /// `max_bytes` bytes (for early decisions when the buffer is full); empty when within. The
+    /// bytes are estimated from the traces' shares ([`TraceEntry::memory`]); when removing them
+    /// frees less (a chunk still held by a younger trace), the next call picks more.
     pub fn oldest_over(&mut self, max_traces: usize, max_bytes: usize) -> Vec<TraceId> {
         let mut traces = self.traces.len();
-        let mut bytes = self.bytes;
+        let mut bytes = self.bytes();
         let mut out = Vec::new();
         if traces <= max_traces && bytes <= max_bytes {
             return out;
@@ -202,8 +219,11 @@ impl TraceBuffer {
     /// Removes and returns every trace (fail-open, shutdown).
     pub fn drain(&mut self) -> Vec<(TraceId, TraceEntry)> {
         self.order.clear();
-        self.bytes = 0;
-        self.traces.drain().collect()
+        let all: Vec<_> = self.traces.drain().collect();
+        for (_, e) in &all {
+            self.forget(e);
+        }
+        all
     }
 }
 
@@ -267,6 +287,7 @@ impl DecisionCache {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::arena::{CHUNK_BYTES, MAX_CHUNKED_SPAN};
 
     fn group() -> Arc<Group> {
         Arc::new(Group {
@@ -295,8 +316,11 @@ mod tests {
     fn oldest_over_meets_both_limits() {
         let g = group();
         let mut b = TraceBuffer::new();
+        // Spans over `MAX_CHUNKED_SPAN` have allocations of their own, so each trace's share is
+        // exactly what its removal frees.
+        let span = [0u8; MAX_CHUNKED_SPAN + 100];
         for i in 1..=4u8 {
-            b.push(TraceId([i; 16]), &g, &[0u8; 100]);
+            b.push(TraceId([i; 16]), &g, &span);
         }
         assert!(b.oldest_over(4, usize::MAX).is_empty());
         assert_eq!(
@@ -304,11 +328,237 @@ mod tests {
             vec![TraceId([1; 16]), TraceId([2; 16])]
         );
         let per_trace = b.get(&TraceId([1; 16])).unwrap().memory();
+        assert_eq!(b.bytes(), 4 * per_trace);
         // Bytes for a bit more than one trace: the three oldest go.
         assert_eq!(b.oldest_over(10, per_trace + 1).len(), 3);
         // Nothing was removed by asking.
         assert_eq!(b.len(), 4);
         assert_eq!(b.oldest(1), vec![TraceId([1; 16])]);
+    }
+
+    fn id(n: u32) -> TraceId {
+        let mut t = [0u8; 16];
+        t[..4].copy_from_slice(&n.to_be_bytes());
+        TraceId(t)
+    }
+
+    /// A span whose bytes name its trace and position, of a size that varies with both.
+    fn span_bytes(trace: u32, pos: u32) -> Vec<u8> {
+        let len = 8 + ((trace * 131 + pos * 977) % 700) as usize;
+        let mut v = vec![(trace ^ pos) as u8; len];
+        v[..4].copy_from_slice(&trace.to_be_bytes());
+        v[4..8].copy_from_slice(&pos.to_be_bytes());
+        v
+    }
+
+    /// A span as (its group's resource fields, its bytes).
+    type Seen = (Vec<u8>, Vec<u8>);
+
+    /// Each span of an entry.
+    fn collect(e: &TraceEntry) -> Vec<Seen> {
+        e.spans()
+            .map(|(g, s)| (g.resource_fields.clone(), s.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn interleaved_traces_come_back_in_order_with_their_groups() {
+        let groups: Vec<_> = (0..3u8)
+            .map(|i| {
+                Arc::new(Group {
+                    resource_fields: vec![i],
+                    scope_fields: vec![i, i],
+                })
+            })
+            .collect();
+        let mut b = TraceBuffer::new();
+        let mut expected: HashMap<TraceId, Vec<Seen>> = HashMap::new();
+        // 300 traces of 12 spans, three traces' spans interleaved at a time (non-contiguous
+        // runs), spilling over many chunks.
+        for round in 0..100u32 {
+            for pos in 0..12u32 {
+                for k in 0..3u32 {
+                    let t = round * 3 + k;
+                    let g = &groups[((t + pos) % 3) as usize];
+                    let bytes = span_bytes(t, pos);
+                    b.push(id(t), g, &bytes);
+                    expected
+                        .entry(id(t))
+                        .or_default()
+                        .push((g.resource_fields.clone(), bytes));
+                }
+            }
+        }
+        assert_eq!(b.len(), 300);
+        assert!(b.arena.live_chunks() > 10, "{}", b.arena.live_chunks());
+        for t in (0..300).step_by(7) {
+            let e = b.get(&id(t)).unwrap();
+            assert_eq!(e.len(), 12);
+            assert_eq!(collect(e), expected[&id(t)]);
+        }
+        let e = b.remove(&id(0)).unwrap();
+        assert_eq!(collect(&e), expected[&id(0)]);
+    }
+
+    #[test]
+    fn a_trace_of_one_request_is_one_segment() {
+        let g = group();
+        let mut b = TraceBuffer::new();
+        // A request: 10 traces, each with its 10 spans together.
+        for t in 0..10 {
+            for pos in 0..10 {
+                b.push(id(t), &g, &[pos as u8; 361]);
+            }
+        }
+        let segments: usize = (0..10)
+            .map(|t| b.get(&id(t)).unwrap().segment_count())
+            .sum();
+        // One per trace, plus one where a trace straddles two chunks.
+        assert!(segments <= 11, "{segments}");
+        // About 3 650 bytes per trace plus a few dozen of bookkeeping.
+        let e = b.get(&id(3)).unwrap();
+        assert!(e.memory() < 10 * (361 + 4) + 100, "{}", e.memory());
+        assert!(b.bytes() >= 10 * e.memory());
+    }
+
+    #[test]
+    fn bytes_follow_removals_and_drop_to_zero() {
+        let g = group();
+        let mut b = TraceBuffer::new();
+        assert_eq!(b.bytes(), 0);
+        for t in 0..2_000u32 {
+            for pos in 0..10 {
+                b.push(id(t), &g, &span_bytes(t, pos));
+            }
+        }
+        let span_bytes_held: usize = (0..2_000u32)
+            .flat_map(|t| (0..10).map(move |pos| span_bytes(t, pos).len()))
+            .sum();
+        let shares: usize = (0..2_000).map(|t| b.get(&id(t)).unwrap().memory()).sum();
+        let full = b.bytes();
+        // Everything is counted, and little more than the spans themselves.
+        assert!(full >= shares && shares > span_bytes_held);
+        assert!(
+            full < span_bytes_held + span_bytes_held / 10 + CHUNK_BYTES,
+            "{full} for {span_bytes_held}"
+        );
+        // Removing the older half (FIFO, as decisions go) frees about half.
+        for t in 0..1_000 {
+            assert!(b.remove(&id(t)).is_some());
+        }
+        let half = b.bytes();
+        assert!(half < full / 2 + CHUNK_BYTES, "{half} of {full}");
+        let shares: usize = (1_000..2_000)
+            .map(|t| b.get(&id(t)).unwrap().memory())
+            .sum();
+        assert!(half >= shares);
+        // Removing a trace twice changes nothing.
+        assert!(b.remove(&id(0)).is_none());
+        assert_eq!(b.bytes(), half);
+        for t in 1_000..2_000 {
+            b.remove(&id(t));
+        }
+        assert_eq!((b.len(), b.bytes(), b.arena.live_chunks()), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_chunk_is_counted_until_its_last_span_goes() {
+        let g = group();
+        let mut b = TraceBuffer::new();
+        // One span of a long-lived trace, then enough of others to fill several chunks.
+        b.push(id(0), &g, b"pinning span");
+        for t in 1..=600 {
+            b.push(id(t), &g, &[1u8; 1_000]);
+        }
+        for t in 1..=600 {
+            b.remove(&id(t));
+        }
+        // The first chunk is still held for the 12-byte span, and counted in full.
+        assert_eq!(b.arena.live_chunks(), 1);
+        assert!(b.bytes() >= CHUNK_BYTES);
+        b.remove(&id(0));
+        assert_eq!((b.bytes(), b.arena.live_chunks()), (0, 0));
+    }
+
+    #[test]
+    fn steady_state_memory_does_not_grow() {
+        let g = group();
+        let mut b = TraceBuffer::new();
+        let mut peak = 0;
+        // FIFO: 1 000 traces of 10 spans buffered, 50 000 traces through.
+        for t in 0..50_000u32 {
+            for pos in 0..10 {
+                b.push(id(t), &g, &[pos as u8; 361]);
+            }
+            if t >= 1_000 {
+                let e = b.remove(&id(t - 1_000)).unwrap();
+                assert_eq!(e.len(), 10);
+                assert!(e.spans().enumerate().all(|(i, (_, s))| s == [i as u8; 361]));
+            }
+            if t == 10_000 {
+                peak = b.bytes();
+            }
+            b.compact();
+        }
+        assert!(b.bytes() <= peak + CHUNK_BYTES, "{} vs {peak}", b.bytes());
+        // 1 000 × 3 650 bytes: 56 chunks, 57 when not aligned, plus the lists.
+        assert!(b.arena.live_chunks() <= 57, "{}", b.arena.live_chunks());
+        assert!(
+            b.arena.tracked_chunks() <= 58,
+            "{}",
+            b.arena.tracked_chunks()
+        );
+    }
+
+    #[test]
+    fn a_trace_larger_than_a_chunk() {
+        let g = group();
+        let mut b = TraceBuffer::new();
+        let big = vec![0xabu8; 2 * CHUNK_BYTES];
+        b.push(id(1), &g, b"first");
+        for pos in 0..1_000u32 {
+            b.push(id(1), &g, &span_bytes(1, pos));
+        }
+        b.push(id(1), &g, &big);
+        b.push(id(1), &g, b"last");
+        let e = b.get(&id(1)).unwrap();
+        assert_eq!(e.len(), 1_003);
+        assert!(e.memory() > 2 * CHUNK_BYTES + 300_000);
+        let spans = collect(e);
+        assert_eq!(spans[0].1, b"first");
+        for pos in 0..1_000u32 {
+            assert_eq!(spans[1 + pos as usize].1, span_bytes(1, pos));
+        }
+        assert_eq!(spans[1_001].1, big);
+        assert_eq!(spans[1_002].1, b"last");
+        // A segment per chunk the trace spans, and one for the large span.
+        assert!(e.segment_count() <= 12, "{}", e.segment_count());
+        b.remove(&id(1));
+        assert_eq!(b.bytes(), 0);
+    }
+
+    #[test]
+    fn removed_and_drained_entries_keep_their_bytes() {
+        let g = group();
+        let mut b = TraceBuffer::new();
+        for t in 0..100 {
+            b.push(id(t), &g, &span_bytes(t, 0));
+        }
+        let kept = b.remove(&id(5)).unwrap();
+        // The buffer goes on writing into new chunks while the removed entry is held.
+        for t in 100..1_000 {
+            b.push(id(t), &g, &span_bytes(t, 0));
+            b.remove(&id(t));
+        }
+        assert_eq!(collect(&kept)[0].1, span_bytes(5, 0));
+        let drained = b.drain();
+        assert_eq!(drained.len(), 99);
+        assert_eq!((b.len(), b.bytes()), (0, 0));
+        for (t, e) in &drained {
+            let n = u32::from_be_bytes([t.0[0], t.0[1], t.0[2], t.0[3]]);
+            assert_eq!(collect(e)[0].1, span_bytes(n, 0));
+        }
+        assert!(b.oldest(1).is_empty());
     }
 
     #[test]

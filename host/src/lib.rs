@@ -8,6 +8,7 @@
 
 #[cfg(feature = "runtime")]
 pub mod app;
+pub mod arena;
 pub mod auth;
 pub mod backpressure;
 pub mod buffer;
