@@ -144,6 +144,9 @@ struct RunArgs {
     /// Skip the Rotel phase.
     #[arg(long)]
     no_rotel: bool,
+    /// `guest.workers` of this build's tracekeeper phases [default: the host's, one per three CPUs].
+    #[arg(long)]
+    workers: Option<u32>,
     /// Keep the configurations and logs of the processes under test in this directory.
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -264,6 +267,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         baseline: a.baseline,
         rotel: a.rotel,
         skip_rotel: a.no_rotel,
+        workers: a.workers,
         work_dir: a.work_dir.unwrap_or_else(runner::default_work_dir),
     };
     let result = runner::run(&cfg).await;

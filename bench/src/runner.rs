@@ -68,6 +68,9 @@ pub struct RunConfig {
     pub rotel: Option<PathBuf>,
     /// Skip the Rotel phase.
     pub skip_rotel: bool,
+    /// `guest.workers` of this build's phases (None: the host's default, one per three CPUs); the
+    /// baseline binary always runs on its own default.
+    pub workers: Option<u32>,
     /// Where configurations and logs go.
     pub work_dir: PathBuf,
 }
@@ -181,6 +184,7 @@ fn tracekeeper_config(
     ports: &Ports,
     sink: SocketAddr,
     buffered_traces: f64,
+    workers: Option<u32>,
 ) -> String {
     let wait = if keep_all {
         cfg.keep_all_decision_wait
@@ -201,7 +205,11 @@ fn tracekeeper_config(
     } else {
         "default policies"
     };
-    config_text(phase, &policies, wait, num_traces, ports, sink, cfg.gzip)
+    let text = config_text(phase, &policies, wait, num_traces, ports, sink, cfg.gzip);
+    match workers {
+        Some(n) => format!("{text}guest:\n  workers: {n}\n"),
+        None => text,
+    }
 }
 
 /// A tracekeeper configuration on `ports`, exporting to `sink`; `policies` are the lines of
@@ -311,7 +319,14 @@ async fn tracekeeper_phase(
     let config_path = cfg.work_dir.join(format!("tracekeeper-{tag}.yaml"));
     std::fs::write(
         &config_path,
-        tracekeeper_config(cfg, keep_all, &ports, sink.addr(), buffered_traces),
+        tracekeeper_config(
+            cfg,
+            keep_all,
+            &ports,
+            sink.addr(),
+            buffered_traces,
+            if label.is_empty() { cfg.workers } else { None },
+        ),
     )?;
     let mut cmd = Command::new(binary);
     cmd.arg("run").arg("--config").arg(&config_path);
@@ -580,7 +595,7 @@ pub fn render(cfg: &RunConfig, r: &Report) -> String {
         s,
         "load: {} spans/trace, {} spans/request, {} string attributes/span ({:.0} encoded \
          bytes/span, {:.0} bytes/request), {:.0}% error traces, {:.0}% producer/consumer traces; \
-         OTLP/{} from {} connections, one request in flight each, {} for {:?}; exporters {}",
+         OTLP/{} from {} connections, one request in flight each, {} for {:?}; exporters {}; tracekeeper workers: {}",
         cfg.workload.spans_per_trace,
         cfg.workload.spans_per_request,
         cfg.workload.attributes_per_span,
@@ -600,6 +615,10 @@ pub fn render(cfg: &RunConfig, r: &Report) -> String {
         },
         cfg.duration,
         if cfg.gzip { "gzip" } else { "uncompressed" },
+        match cfg.workers {
+            Some(n) => n.to_string(),
+            None => "default (one per three CPUs)".to_string(),
+        },
     );
     let _ = writeln!(s);
     let _ = writeln!(
