@@ -55,6 +55,9 @@ service:
     )
 }
 
+/// The `guest` section of a host with two workers (the default on a machine of 4 to 6 CPUs).
+const TWO_WORKERS: &str = "guest: {workers: 2}\n";
+
 /// A span's (trace id, span id).
 type Key = (Vec<u8>, Vec<u8>);
 
@@ -336,7 +339,9 @@ fn exporter_outage_loses_nothing() {
     let ports = Ports::new();
     let mut sink = Sink::new(free_port());
     sink.start();
-    let mut host = Host::start_yaml(ports, &yaml(&ports, sink.port, "100ms", ""));
+    // Two workers: a request's spans are queued to both, all or none, while the queues fill.
+    let config = yaml(&ports, sink.port, "100ms", "") + TWO_WORKERS;
+    let mut host = Host::start_yaml(ports, &config);
 
     let accepted = Arc::new(Mutex::new(Vec::new()));
     let retryable = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -545,7 +550,8 @@ fn sighup_reloads_rules_for_buffered_traces_and_rejects_broken_configs() {
     let ports = Ports::new();
     let mut sink = Sink::new(free_port());
     sink.start();
-    let errors_only = yaml(&ports, sink.port, "3s", "").replace(
+    // Two workers: the reload reaches both, each replays its own traces.
+    let errors_only = (yaml(&ports, sink.port, "3s", "") + TWO_WORKERS).replace(
         "{name: all, type: always_sample}",
         "{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}",
     );
@@ -561,7 +567,7 @@ fn sighup_reloads_rules_for_buffered_traces_and_rejects_broken_configs() {
         assert!(matches!(send_grpc(&rt, ports.grpc, req), Outcome::Accepted));
         buffered.push((t.to_vec(), id.to_vec()));
     }
-    std::fs::write(&config, yaml(&ports, sink.port, "3s", "")).unwrap();
+    std::fs::write(&config, yaml(&ports, sink.port, "3s", "") + TWO_WORKERS).unwrap();
     send_hup_and_wait(&host, 1);
     sink.wait_for(&buffered, &host);
     let samples = scrape(&host);
@@ -578,7 +584,8 @@ fn sighup_reloads_rules_for_buffered_traces_and_rejects_broken_configs() {
     // A broken config: rejected, logged, and the process keeps running the previous rules.
     std::fs::write(
         &config,
-        yaml(&ports, sink.port, "3s", "").replace("always_sample", "no_such_policy"),
+        (yaml(&ports, sink.port, "3s", "") + TWO_WORKERS)
+            .replace("always_sample", "no_such_policy"),
     )
     .unwrap();
     send_sighup(host.pid());

@@ -38,9 +38,9 @@ pub fn validate(config: &Config, guest: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How many workers (guest instances) to run: `guest.workers`, or by default one per CPU (at
-/// most [`crate::shard::MAX_DEFAULT_WORKERS`]) when the guest exports the `shard` interface and
-/// 1 when it does not. More than one needs that interface.
+/// How many workers (guest instances) to run: `guest.workers`, or by default one per three
+/// CPUs ([`crate::shard::default_workers_for`]) when the guest exports the `shard` interface
+/// and 1 when it does not. More than one needs that interface.
 pub fn worker_count(config: &Config, module: &GuestModule) -> anyhow::Result<u32> {
     match config.guest.workers {
         Some(n) if n > 1 && !module.shardable() => anyhow::bail!(

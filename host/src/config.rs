@@ -451,8 +451,8 @@ pub struct GuestSection {
     #[serde(default, deserialize_with = "opt_duration")]
     pub retry_max_interval: Option<Duration>,
     /// Worker threads, each with its own guest instance and its share of the traces (by trace
-    /// id) and of the buffer limits. Default: one per CPU (at most 8) when the guest exports the
-    /// `shard` interface, else 1.
+    /// id) and of the buffer limits. Default: one per three CPUs (1 to 8) when the guest
+    /// exports the `shard` interface, else 1.
     #[serde(default)]
     pub workers: Option<u32>,
 }

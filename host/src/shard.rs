@@ -17,8 +17,15 @@ use crate::telemetry::{Health, Metrics, QueueLabel};
 
 /// Most workers (`guest.workers`); also the widest link-target mask of a span.
 pub const MAX_WORKERS: u32 = 64;
-/// Most workers chosen by default (one per CPU up to this many).
+/// Most workers chosen by default.
 pub const MAX_DEFAULT_WORKERS: u32 = 8;
+/// CPUs per default worker. The worker thread does about a third of the host's work per span
+/// (buffer, guest, decisions, tags, export encoding; 34% of the samples in the profile of
+/// BENCHMARKS.md), the receivers' tokio threads the rest, so one worker keeps up with about
+/// three CPUs of receivers. More workers than that cost CPU without adding throughput: on 2
+/// CPUs, 2 workers took 1.12x the CPU per span of 1 at 50 000 spans/s and accepted 7% fewer
+/// spans/s as fast as accepted (`tracekeeper-bench run --workers N`, BENCHMARKS.md).
+pub const CPUS_PER_DEFAULT_WORKER: u32 = 3;
 
 /// The worker (0-based, below `count`) that owns trace `id`. Trace ids are usually random, but
 /// not always (sequential test ids, ids from a counter): both halves are mixed and multiplied
@@ -38,11 +45,19 @@ pub fn shard_of(id: &TraceId, count: u32) -> u32 {
     (((h >> 32) * u64::from(count)) >> 32) as u32
 }
 
-/// The default number of workers: one per CPU, at most [`MAX_DEFAULT_WORKERS`].
+/// The default number of workers on this machine: see [`default_workers_for`].
 pub fn default_workers() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| u32::try_from(n.get()).unwrap_or(1))
-        .unwrap_or(1)
+    default_workers_for(
+        std::thread::available_parallelism()
+            .map(|n| u32::try_from(n.get()).unwrap_or(1))
+            .unwrap_or(1),
+    )
+}
+
+/// The default number of workers for `cpus` CPUs: one per [`CPUS_PER_DEFAULT_WORKER`] CPUs
+/// (rounded up), at least 1 and at most [`MAX_DEFAULT_WORKERS`].
+pub fn default_workers_for(cpus: u32) -> u32 {
+    cpus.div_ceil(CPUS_PER_DEFAULT_WORKER)
         .clamp(1, MAX_DEFAULT_WORKERS)
 }
 
@@ -156,6 +171,15 @@ impl ShardStates {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_workers_take_one_per_three_cpus_within_bounds() {
+        let got: Vec<u32> = [0, 1, 2, 3, 4, 6, 7, 16, 24, 25, 128]
+            .iter()
+            .map(|&c| default_workers_for(c))
+            .collect();
+        assert_eq!(got, vec![1, 1, 1, 1, 2, 2, 3, 6, 8, 8, 8]);
+    }
 
     #[test]
     fn every_id_maps_below_the_count_and_the_sole_worker_takes_all() {
