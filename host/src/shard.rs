@@ -23,8 +23,9 @@ pub const MAX_DEFAULT_WORKERS: u32 = 8;
 /// (buffer, guest, decisions, tags, export encoding; 34% of the samples in the profile of
 /// BENCHMARKS.md), the receivers' tokio threads the rest, so one worker keeps up with about
 /// three CPUs of receivers. More workers than that cost CPU without adding throughput: on 2
-/// CPUs, 2 workers took 1.12x the CPU per span of 1 at 50 000 spans/s and accepted 7% fewer
-/// spans/s as fast as accepted (`tracekeeper-bench run --workers N`, BENCHMARKS.md).
+/// CPUs, as fast as accepted, 2 workers took 1.10-1.12x the CPU per span of 1 and accepted
+/// 10-11% fewer spans/s (two runs); at 50 000 spans/s the two were within noise (0.98x). See
+/// BENCHMARKS.md, "Workers" (`tracekeeper-bench run --workers 2 --baseline ...`).
 pub const CPUS_PER_DEFAULT_WORKER: u32 = 3;
 
 /// The worker (0-based, below `count`) that owns trace `id`. Trace ids are usually random, but
