@@ -424,7 +424,7 @@ impl Tracker {
     /// Makes every held trace whose producers are all consumed now due at `now`.
     pub fn release(
         &mut self,
-        traces: &mut HashMap<TraceId, PendingTrace>,
+        traces: &mut HashMap<TraceId, Box<PendingTrace>>,
         queue: &mut DueQueue,
         now: u64,
     ) {
