@@ -11,6 +11,11 @@
 //!   past `decision_wait` each time so every call also decides the previous batch's traces;
 //!   reported per span.
 //!
+//! `tick/native` and `ingest/native` run the same calls on the same guest logic compiled
+//! natively (the `tracekeeper-guest` crate as a library, no component, no copy across the
+//! boundary): the ratio of `limits_on` to `native` is what running the sampler as a wasm
+//! component costs.
+//!
 //! Run: `cargo bench -p tracekeeper --bench guest_call`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -19,6 +24,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tracekeeper::config::{Config, DEFAULT_CONFIG};
 use tracekeeper::guest::{GuestLimits, GuestModule};
 use tracekeeper_abi::{BatchWriter, SpanFixed, SpanId, TraceId};
+use tracekeeper_guest::Sampler;
 
 const SEC: u64 = 1_000_000_000;
 const T0: u64 = 1_700_000_000 * SEC;
@@ -101,6 +107,14 @@ fn tick(c: &mut Criterion) {
             });
         });
     }
+    let (mut sampler, _) = Sampler::configure(&config).unwrap();
+    let mut now = T0;
+    g.bench_function("native", |b| {
+        b.iter(|| {
+            now += 1;
+            sampler.tick(now)
+        });
+    });
     g.finish();
 }
 
@@ -120,6 +134,14 @@ fn ingest(c: &mut Criterion) {
             });
         });
     }
+    let (mut sampler, _) = Sampler::configure(&config).unwrap();
+    let mut now = T0;
+    g.bench_function("native", |b| {
+        b.iter(|| {
+            now += STEP;
+            sampler.ingest(&batch, now).unwrap()
+        });
+    });
     g.finish();
 }
 
