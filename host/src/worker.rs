@@ -278,7 +278,8 @@ struct FaultState {
 
 /// What a fault in a guest call affects.
 enum Affected<'a> {
-    /// The traces of this batch, except the spans at these indices (late spans, not sent).
+    /// The traces of this batch, except the spans at these indices (late spans, not sent;
+    /// ascending, so they are looked up by binary search).
     Batch(&'a IngestBatch, &'a [usize]),
     /// These traces.
     Traces(&'a [TraceId]),
@@ -556,6 +557,8 @@ impl Worker {
 
     fn ingest(&mut self, batch: IngestBatch) {
         let now = now_unix_nanos();
+        // Indices of late spans, ascending (looked up by binary search: a request can hold
+        // tens of thousands of late spans).
         let mut late = Vec::new();
         for (i, span) in batch.spans.iter().enumerate() {
             let group = match batch.groups.get(span.group as usize) {
@@ -588,7 +591,7 @@ impl Worker {
         } else {
             // Late spans must not reach the guest (it would see a new, orphaned trace): rebuild
             // the views without them.
-            let view = self.view_of(&batch, |i| !late.contains(&i));
+            let view = self.view_of(&batch, |i| late.binary_search(&i).is_err());
             view.span_count() > 0
                 && self.call("ingest", affected, |g| g.ingest(view.as_bytes(), now))
         };
@@ -604,7 +607,7 @@ impl Worker {
         if !late.is_empty() && self.module.shardable() {
             // Late spans of decided traces: the guest sees their messaging relations (a late
             // consumer completes its producer's message) without buffering them.
-            let view = self.view_of(&batch, |i| late.contains(&i));
+            let view = self.view_of(&batch, |i| late.binary_search(&i).is_ok());
             if view.span_count() > 0 {
                 self.links(view.as_bytes(), now);
             }
@@ -799,7 +802,7 @@ impl Worker {
                     .spans
                     .iter()
                     .enumerate()
-                    .filter(|(i, s)| !late.contains(i) && seen.insert(s.trace_id))
+                    .filter(|(i, s)| late.binary_search(i).is_err() && seen.insert(s.trace_id))
                     .map(|(_, s)| s.trace_id)
                     .collect()
             }
