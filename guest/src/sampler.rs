@@ -36,6 +36,26 @@ pub struct Sampler {
     completeness: Tracker,
 }
 
+/// Most spans a new trace's span-id list is sized for ahead (a longer run grows it as usual).
+const MAX_RUN_AHEAD: usize = 1024;
+
+/// 1 + the number of spans of trace `id` that `rest` reads before a span of another trace (the
+/// host writes a trace's spans of one request together, so this is usually all of them): the
+/// size of a new trace's span-id list, which would otherwise grow by doubling (16 slots for 10
+/// spans, about 5 bytes per buffered span of the reference load). Stops at a malformed record
+/// (the ingest loop reports it) and at [`MAX_RUN_AHEAD`].
+fn run_of(id: TraceId, rest: BatchReader<'_>) -> usize {
+    let mut n = 1;
+    for record in rest {
+        match record {
+            Ok(Record::Span(s)) if s.fixed.trace_id == id && n < MAX_RUN_AHEAD => n += 1,
+            Ok(Record::Resource(_)) => {}
+            _ => break,
+        }
+    }
+    n
+}
+
 /// Nanoseconds of a duration, saturating (durations are checked to fit at parse time).
 fn nanos(d: core::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
@@ -89,14 +109,17 @@ impl Sampler {
     /// (as [`Sampler::tick`]). A malformed batch is an error; the spans before the malformed
     /// record have been recorded.
     pub fn ingest(&mut self, batch: &[u8], now: u64) -> Result<Vec<u8>, String> {
-        let reader =
+        let mut reader =
             BatchReader::new(batch).map_err(|e| format!("malformed span batch header: {e}"))?;
         // The service of each resource of the batch, by resource index.
         let mut services: Vec<&str> = Vec::new();
         // The policies' per-batch state, and traces grown past `maximum_trace_size_bytes`.
         let mut scope = self.engine.begin_batch();
         let mut oversized = Vec::new();
-        for (i, record) in reader.enumerate() {
+        let mut next = 0usize;
+        while let Some(record) = reader.next() {
+            let i = next;
+            next += 1;
             let malformed = |e| format!("malformed span batch at record {i}: {e}");
             match record.map_err(malformed)? {
                 Record::Resource(r) => {
@@ -107,7 +130,7 @@ impl Sampler {
                 }
                 Record::Span(span) => {
                     let service = services.get(span.fixed.resource as usize).copied();
-                    self.add_span(&span, service.unwrap_or(""), now);
+                    self.add_span(&span, service.unwrap_or(""), now, &reader);
                     if self.engine.watches_spans()
                         && let Some(trace) = self.traces.get_mut(&span.fixed.trace_id)
                     {
@@ -153,14 +176,18 @@ impl Sampler {
         Ok(self.tick_into(DecisionWriter::new(), now))
     }
 
-    fn add_span(&mut self, span: &SpanView<'_>, service: &str, now: u64) {
+    /// Records one span; `rest` reads the batch's records after it (a new trace's span-id list
+    /// is sized for the run of its spans that follows).
+    fn add_span(&mut self, span: &SpanView<'_>, service: &str, now: u64, rest: &BatchReader<'_>) {
         let id = span.fixed.trace_id;
         let trace = match self.traces.entry(id) {
             Entry::Occupied(o) => o.into_mut(),
             Entry::Vacant(v) => {
                 let due = now.saturating_add(self.decision_wait);
                 self.queue.push(due, id);
-                v.insert(Box::new(PendingTrace::new(now, due)))
+                let mut trace = Box::new(PendingTrace::new(now, due));
+                trace.span_ids.reserve_exact(run_of(id, rest.clone()));
+                v.insert(trace)
             }
         };
         let had_root = trace.has_root();

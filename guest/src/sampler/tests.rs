@@ -617,3 +617,41 @@ fn malformed_batches_are_errors() {
     // An empty but well-formed batch is fine.
     assert!(s0.ingest(&BatchWriter::new().finish(), T0).is_ok());
 }
+
+#[test]
+fn a_new_trace_is_sized_for_the_run_of_its_spans_in_the_batch() {
+    let (mut sampler, _) = Sampler::configure(
+        r#"{"tail_sampling": {"decision_wait": "10s", "policies": [
+            {"name": "all", "type": "always_sample"}]}}"#,
+    )
+    .unwrap();
+    let (a, b) = (tid(1), tid(2));
+    // A's three spans together, then B's two, then a late one of A (not in A's run).
+    let spans = [
+        s(a, 1, 0),
+        s(a, 2, 1),
+        s(a, 3, 1),
+        s(b, 1, 0),
+        s(b, 2, 1),
+        s(a, 4, 1),
+    ];
+    sampler.ingest(&batch(&spans), T0).unwrap();
+    let cap = |t: TraceId| sampler.traces.get(&t).map(|p| p.span_ids.capacity());
+    assert_eq!(cap(b), Some(2));
+    assert!(cap(a).unwrap() >= 4, "A still takes its span out of the run");
+    assert_eq!(sampler.traces.get(&a).unwrap().span_ids.len(), 4);
+    // The look-ahead counts spans of the trace up to another trace's span, across resources,
+    // and stops at a malformed record.
+    let bytes = batch(&spans[3..]);
+    let mut rest = BatchReader::new(&bytes).unwrap();
+    rest.next(); // the resource
+    rest.next(); // B's first span
+    assert_eq!(run_of(b, rest.clone()), 2);
+    assert_eq!(run_of(a, rest), 1);
+    let only_b = batch(&spans[3..5]);
+    let truncated = &only_b[..only_b.len() - 3];
+    let mut rest = BatchReader::new(truncated).unwrap();
+    rest.next();
+    rest.next();
+    assert_eq!(run_of(b, rest), 1, "the malformed last record is not counted");
+}
