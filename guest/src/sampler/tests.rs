@@ -638,7 +638,10 @@ fn a_new_trace_is_sized_for_the_run_of_its_spans_in_the_batch() {
     sampler.ingest(&batch(&spans), T0).unwrap();
     let cap = |t: TraceId| sampler.traces.get(&t).map(|p| p.span_ids.capacity());
     assert_eq!(cap(b), Some(2));
-    assert!(cap(a).unwrap() >= 4, "A still takes its span out of the run");
+    assert!(
+        cap(a).unwrap() >= 4,
+        "A still takes its span out of the run"
+    );
     assert_eq!(sampler.traces.get(&a).unwrap().span_ids.len(), 4);
     // The look-ahead counts spans of the trace up to another trace's span, across resources,
     // and stops at a malformed record.
@@ -653,5 +656,9 @@ fn a_new_trace_is_sized_for_the_run_of_its_spans_in_the_batch() {
     let mut rest = BatchReader::new(truncated).unwrap();
     rest.next();
     rest.next();
-    assert_eq!(run_of(b, rest), 1, "the malformed last record is not counted");
+    assert_eq!(
+        run_of(b, rest),
+        1,
+        "the malformed last record is not counted"
+    );
 }
