@@ -1193,6 +1193,24 @@ fn hostile_corpus_gets_the_spec_answers_and_harms_no_one() {
     good_client_lost_nothing(&mut host, &receiver, &stop, good);
 }
 
+/// One read from a connection whose read timeout is [`STALL_BOUND`]: the bytes read, 0 when the
+/// server closed or reset it. Fails when the server kept it open past the bound (`what` says
+/// what was stalled).
+fn read_before_stall_bound(stream: &mut TcpStream, buf: &mut [u8], what: &str) -> usize {
+    match stream.read(buf) {
+        Ok(n) => n,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            panic!("the server kept {what} open for {STALL_BOUND:?}")
+        }
+        Err(_) => 0, // reset
+    }
+}
+
 /// Opens a connection and writes `bytes`, then stalls; returns how the server ended it: the
 /// status it answered, or `None` when it closed without one. Fails when it did not end the
 /// connection within [`STALL_BOUND`].
@@ -1204,18 +1222,9 @@ fn stall(port: u16, bytes: &[u8]) -> Option<u16> {
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                panic!("the server kept a stalled connection open for {STALL_BOUND:?}")
-            }
-            Err(_) => break, // reset
+        match read_before_stall_bound(&mut stream, &mut buf, "a stalled connection") {
+            0 => break,
+            n => got.extend_from_slice(&buf[..n]),
         }
     }
     let line = String::from_utf8_lossy(&got);
@@ -1339,18 +1348,9 @@ fn h2_end_of_stream_1(stream: &mut TcpStream) -> &'static str {
                 _ => {}
             }
         }
-        match stream.read(&mut buf) {
-            Ok(0) => return "closed",
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                panic!("the gRPC server kept a stalled request open for {STALL_BOUND:?}")
-            }
-            Err(_) => return "closed",
+        match read_before_stall_bound(stream, &mut buf, "a stalled gRPC request") {
+            0 => return "closed",
+            n => got.extend_from_slice(&buf[..n]),
         }
     }
 }
