@@ -527,6 +527,67 @@ impl<'a> BatchReader<'a> {
     }
 }
 
+impl<'a> BatchReader<'a> {
+    /// The trace ids of the span records that follow, read without checking their contents
+    /// (names, attributes, links are skipped by their lengths, not parsed): a cheap look-ahead,
+    /// for sizing. Resource records are skipped; it ends at the end of the batch or at a record
+    /// too short to skip. The reader itself does not move.
+    pub fn trace_ids_ahead(&self) -> TraceIdsAhead<'a> {
+        TraceIdsAhead {
+            cur: Cursor::new(self.cur.buf),
+        }
+    }
+}
+
+/// See [`BatchReader::trace_ids_ahead`].
+#[derive(Debug, Clone)]
+pub struct TraceIdsAhead<'a> {
+    cur: Cursor<'a>,
+}
+
+impl TraceIdsAhead<'_> {
+    fn skip_section(&mut self) -> Result<(), LayoutError> {
+        let _count = self.cur.u32()?;
+        let len = self.cur.u32()? as usize;
+        self.cur.take(len).map(|_| ())
+    }
+
+    fn next_span(&mut self) -> Result<Option<TraceId>, LayoutError> {
+        while !self.cur.is_empty() {
+            match self.cur.u8()? {
+                TAG_RESOURCE => self.skip_section()?,
+                TAG_SPAN => {
+                    let fixed = self.cur.take(SPAN_FIXED_LEN)?;
+                    let mut id = [0u8; 16];
+                    id.copy_from_slice(fixed.get(..16).ok_or(LayoutError::Truncated)?);
+                    self.cur.bytes()?; // name
+                    self.cur.bytes()?; // trace state
+                    for _ in 0..3 {
+                        self.skip_section()?; // attributes, links, events
+                    }
+                    return Ok(Some(TraceId(id)));
+                }
+                t => return Err(LayoutError::BadTag(t)),
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Iterator for TraceIdsAhead<'_> {
+    type Item = TraceId;
+
+    fn next(&mut self) -> Option<TraceId> {
+        match self.next_span() {
+            Ok(id) => id,
+            Err(_) => {
+                self.cur = Cursor::new(&[]);
+                None
+            }
+        }
+    }
+}
+
 impl<'a> Iterator for BatchReader<'a> {
     type Item = Result<Record<'a>, LayoutError>;
 
@@ -548,6 +609,43 @@ mod tests {
     use super::*;
     use alloc::string::String;
     use alloc::vec;
+
+    #[test]
+    fn trace_ids_ahead_reads_the_span_records_that_follow() {
+        let mut w = BatchWriter::new();
+        let mut ids = vec![];
+        for t in 1..=3u8 {
+            let (r, s) = w.begin_resource();
+            w.end_section(s);
+            for _ in 0..t {
+                let fixed = SpanFixed {
+                    trace_id: TraceId([t; 16]),
+                    resource: r,
+                    ..SpanFixed::default()
+                };
+                w.begin_span(&fixed, "name".as_bytes(), b"");
+                let mut attrs = w.begin_section();
+                w.attr_inline(&mut attrs, b"k").str(b"v");
+                w.end_section(attrs);
+                for _ in 0..2 {
+                    let s = w.begin_section();
+                    w.end_section(s);
+                }
+                ids.push(TraceId([t; 16]));
+            }
+        }
+        let bytes = w.finish();
+        let mut reader = BatchReader::new(&bytes).unwrap();
+        assert_eq!(reader.trace_ids_ahead().collect::<Vec<_>>(), ids);
+        // From the reader's position on, and without moving it.
+        reader.next().unwrap().unwrap(); // resource 0
+        reader.next().unwrap().unwrap(); // the span of trace 1
+        assert_eq!(reader.trace_ids_ahead().collect::<Vec<_>>(), ids[1..]);
+        assert!(matches!(reader.next(), Some(Ok(Record::Resource(_)))));
+        // A truncated last record ends the look-ahead before it.
+        let cut = BatchReader::new(&bytes[..bytes.len() - 1]).unwrap();
+        assert_eq!(cut.trace_ids_ahead().count(), ids.len() - 1);
+    }
 
     fn sample() -> Vec<u8> {
         let mut w = BatchWriter::new();

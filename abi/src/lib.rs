@@ -23,7 +23,7 @@ mod decision;
 
 pub use batch::{
     AttrIter, AttrKey, BatchReader, BatchWriter, EventIter, EventView, KvIter, LinkIter, Record,
-    ResourceView, Section, SpanFixed, SpanView, Value, ValueIter, ValueWriter,
+    ResourceView, Section, SpanFixed, SpanView, TraceIdsAhead, Value, ValueIter, ValueWriter,
 };
 pub use decision::{
     Completeness, Decision, DecisionReader, DecisionRecord, DecisionWriter, FLAG_METRICS,

@@ -42,18 +42,15 @@ const MAX_RUN_AHEAD: usize = 1024;
 /// 1 + the number of spans of trace `id` that `rest` reads before a span of another trace (the
 /// host writes a trace's spans of one request together, so this is usually all of them): the
 /// size of a new trace's span-id list, which would otherwise grow by doubling (16 slots for 10
-/// spans, about 5 bytes per buffered span of the reference load). Stops at a malformed record
-/// (the ingest loop reports it) and at [`MAX_RUN_AHEAD`].
-fn run_of(id: TraceId, rest: BatchReader<'_>) -> usize {
-    let mut n = 1;
-    for record in rest {
-        match record {
-            Ok(Record::Span(s)) if s.fixed.trace_id == id && n < MAX_RUN_AHEAD => n += 1,
-            Ok(Record::Resource(_)) => {}
-            _ => break,
-        }
-    }
-    n
+/// spans, about 5 bytes per buffered span of the reference load). Reads only the records'
+/// trace ids ([`BatchReader::trace_ids_ahead`]: a full parse here cost 13% of `ingest`); stops
+/// at a record too short to read (the ingest loop reports it) and at [`MAX_RUN_AHEAD`].
+fn run_of(id: TraceId, rest: &BatchReader<'_>) -> usize {
+    1 + rest
+        .trace_ids_ahead()
+        .take(MAX_RUN_AHEAD - 1)
+        .take_while(|t| *t == id)
+        .count()
 }
 
 /// Nanoseconds of a duration, saturating (durations are checked to fit at parse time).
@@ -186,7 +183,7 @@ impl Sampler {
                 let due = now.saturating_add(self.decision_wait);
                 self.queue.push(due, id);
                 let mut trace = Box::new(PendingTrace::new(now, due));
-                trace.span_ids.reserve_exact(run_of(id, rest.clone()));
+                trace.span_ids.reserve_exact(run_of(id, rest));
                 v.insert(trace)
             }
         };

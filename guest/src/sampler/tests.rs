@@ -649,15 +649,15 @@ fn a_new_trace_is_sized_for_the_run_of_its_spans_in_the_batch() {
     let mut rest = BatchReader::new(&bytes).unwrap();
     rest.next(); // the resource
     rest.next(); // B's first span
-    assert_eq!(run_of(b, rest.clone()), 2);
-    assert_eq!(run_of(a, rest), 1);
+    assert_eq!(run_of(b, &rest), 2);
+    assert_eq!(run_of(a, &rest), 1);
     let only_b = batch(&spans[3..5]);
     let truncated = &only_b[..only_b.len() - 3];
     let mut rest = BatchReader::new(truncated).unwrap();
     rest.next();
     rest.next();
     assert_eq!(
-        run_of(b, rest),
+        run_of(b, &rest),
         1,
         "the malformed last record is not counted"
     );
