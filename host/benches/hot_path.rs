@@ -9,7 +9,9 @@
 //! * `ingest/buffer`: copying the spans into the trace buffer and removing their traces again
 //!   (what the worker does per span before and after the decision);
 //! * `export/tag_and_encode`: appending the tags of a probabilistic keep (policy, completeness,
-//!   a raised `th` in tracestate) to every span and encoding the export request.
+//!   a raised `th` in tracestate) to every span and encoding the export request;
+//! * `export/gzip6`: gzip of that export request at level 6 (what tonic's gRPC exporter applies
+//!   with `compression: gzip`), through flate2 and the backend this build selects.
 //!
 //! And the trace buffer in a steady state (`buffer/...`): [`STEADY_TRACES`] traces of 10 spans
 //! buffered, each iteration pushes one 100-span request of new spans and removes the oldest
@@ -198,6 +200,21 @@ fn benches(c: &mut Criterion) {
                 builder.add(&groups[s.group], s.bytes, &tags, false);
             }
             std::hint::black_box(builder.finish())
+        })
+    });
+    let mut builder = ExportBuilder::new();
+    for s in &parsed.spans {
+        builder.add(&groups[s.group], s.bytes, &tags, false);
+    }
+    let export = builder.finish();
+    g.bench_function("export/gzip6", |b| {
+        b.iter(|| {
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(export.len() / 4),
+                flate2::Compression::new(6),
+            );
+            std::io::Write::write_all(&mut enc, &export).unwrap();
+            std::hint::black_box(enc.finish().unwrap())
         })
     });
     g.finish();
