@@ -224,6 +224,51 @@ fn sdk_ok_traces_kept_at_hundred_percent() {
     host.terminate_cleanly();
 }
 
+/// Kept spans share export requests up to the collector's batch size (8192 spans): 10 000
+/// single-span traces decided at once go out as one request of 8192 spans and one of the 1808
+/// left, which follows within the export linger although nothing else arrives.
+#[test]
+fn kept_spans_are_exported_in_requests_of_at_most_8192_spans() {
+    let receiver = Receiver::start();
+    let mut host = Host::start(
+        &HostConfig::new(Exporter::Otlp(receiver.port))
+            .decision_wait("1s")
+            .baseline(100.0),
+    );
+    let runtime = runtime();
+    let mut sent = Vec::new();
+    let mut spans = Vec::new();
+    for _ in 0..10_000 {
+        let (tid, sid) = (new_trace_id(), new_span_id());
+        spans.push(span(&tid, &sid, None, "batch-member", false));
+        let mut trace = SentTrace::new(tid);
+        trace.add(sid, "batching", "batch-scope");
+        sent.push(trace);
+    }
+    runtime
+        .block_on(grpc_export(
+            host.ports.grpc,
+            request("batching", "batch-scope", spans),
+        ))
+        .expect("gRPC export");
+    let keys: Vec<_> = sent.iter().flat_map(SentTrace::keys).collect();
+    let received = receiver.wait_for(&keys, "10 000 kept single-span traces", &host);
+    assert_eq!(received.len(), 10_000, "each span exactly once");
+    let sizes: Vec<usize> = receiver
+        .requests()
+        .iter()
+        .map(|r| {
+            r.resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .map(|ss| ss.spans.len())
+                .sum()
+        })
+        .collect();
+    assert_eq!(sizes, vec![8192, 1808], "spans per export request");
+    host.terminate_cleanly();
+}
+
 /// At a 50% baseline the decision follows the trace id's randomness (its low 56 bits): a trace
 /// whose randomness is far above the threshold is kept with `ot=th:8` (threshold 2^55) in its
 /// tracestate, one far below it is not.

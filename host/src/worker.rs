@@ -71,6 +71,14 @@ use crate::telemetry::{DecisionLabels, Health, KindLabel, Metrics, QueueLabel};
 pub const INGEST_QUEUE_LEN: usize = 256;
 /// Flush an export request once it holds this many bytes.
 pub const MAX_EXPORT_REQUEST_BYTES: usize = 4 << 20;
+/// Flush an export request once it holds this many spans (the collector's batch size).
+pub const EXPORT_BATCH_SPANS: usize = 8192;
+/// Longest a kept span waits in the worker for more to share its export request. Decisions come
+/// a few traces at a time (every batch and every tick), so without it the exporter sent a
+/// request of ~20 spans every few milliseconds at 50 000 spans/s, and each request (gzip, the
+/// gRPC round trip, the wake-ups) cost more than its spans (BENCHMARKS.md). It counts in
+/// `tracekeeper_decision_latency_seconds`.
+pub const EXPORT_LINGER: Duration = Duration::from_millis(20);
 /// How often the clock task checks whether a trace is due (bounds decision lateness).
 pub const TICK_INTERVAL: Duration = Duration::from_millis(10);
 /// Default `num_traces` (the collector's).
@@ -315,6 +323,8 @@ pub struct Worker {
     cache: DecisionCache,
     builder: ExportBuilder,
     builder_bytes: usize,
+    /// Host time (Unix ns) the oldest span in `builder` was added (0 when empty).
+    builder_since: u64,
     export: mpsc::Sender<ExportRequest>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -427,6 +437,7 @@ impl Worker {
             arrivals: VecDeque::new(),
             builder: ExportBuilder::new(),
             builder_bytes: 0,
+            builder_since: 0,
             export,
             metrics,
             health,
@@ -455,10 +466,11 @@ impl Worker {
                 WorkerMsg::Shutdown => break,
                 WorkerMsg::Reload(reload) => self.reload(*reload),
             }
-            let wake = self.wake_at();
+            let wake = self.guest_wake_at();
             if wake != 0 && now_unix_nanos() >= wake {
                 self.on_due();
             }
+            self.flush_export_if_due();
             self.publish_state();
             self.states
                 .set_ingest_queue(&self.metrics, self.shard.index, rx.len());
@@ -518,12 +530,33 @@ impl Worker {
         );
     }
 
-    /// When the worker wants to run next: the guest's next due time, or the next re-try.
-    fn wake_at(&self) -> u64 {
+    /// When the guest wants the worker to run next: its next due time, or the next re-try.
+    fn guest_wake_at(&self) -> u64 {
         if self.faults.degraded {
             self.faults.retry_at
         } else {
             self.next_due
+        }
+    }
+
+    /// When the worker wants to run next (0: not until a batch comes): the guest's wake time or
+    /// the end of the export linger, whichever is first.
+    fn wake_at(&self) -> u64 {
+        let guest = self.guest_wake_at();
+        match self.export_due() {
+            0 => guest,
+            export if guest == 0 => export,
+            export => guest.min(export),
+        }
+    }
+
+    /// When the export request being built must be handed over (0 when empty).
+    fn export_due(&self) -> u64 {
+        if self.builder.is_empty() {
+            0
+        } else {
+            self.builder_since
+                .saturating_add(EXPORT_LINGER.as_nanos() as u64)
         }
     }
 
@@ -552,7 +585,7 @@ impl Worker {
         } else {
             self.tick();
         }
-        self.flush_export();
+        self.flush_export_if_due();
     }
 
     fn ingest(&mut self, batch: IngestBatch) {
@@ -613,7 +646,7 @@ impl Worker {
             }
         }
         self.enforce_capacity(now);
-        self.flush_export();
+        self.flush_export_if_due();
     }
 
     /// The guest's `links` call: spans that belong to no pending trace here (other workers'
@@ -681,7 +714,7 @@ impl Worker {
         let now = now_unix_nanos();
         self.call("tick", Affected::DueAt(now), |g| g.tick(now));
         self.recover();
-        self.flush_export();
+        self.flush_export_if_due();
     }
 
     /// Records the decision latencies of traces whose spans were just handed over.
@@ -1137,13 +1170,28 @@ impl Worker {
     }
 
     fn add_to_export(&mut self, group: &Arc<Group>, span: &[u8], tags: &TraceTags, late: bool) {
+        if self.builder.is_empty() {
+            self.builder_since = now_unix_nanos();
+        }
         self.builder.add(group, span, tags, late);
         self.builder_bytes += span.len() + 64;
-        if self.builder_bytes >= MAX_EXPORT_REQUEST_BYTES {
+        if self.builder_bytes >= MAX_EXPORT_REQUEST_BYTES
+            || self.builder.span_count() >= EXPORT_BATCH_SPANS
+        {
             self.flush_export();
         }
     }
 
+    /// Hands the export request over once it has lingered [`EXPORT_LINGER`] (the size limits
+    /// are checked as spans are added); until then more decisions may join it.
+    fn flush_export_if_due(&mut self) {
+        let due = self.export_due();
+        if due == 0 || now_unix_nanos() >= due {
+            self.flush_export();
+        }
+    }
+
+    /// Hands the export request over now (when it holds anything).
     fn flush_export(&mut self) {
         if self.builder.is_empty() {
             self.observe_latencies();
