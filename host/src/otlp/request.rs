@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tracekeeper_abi::{SpanId, TraceId};
 
-use super::wire::{Field, Fields, MAX_NESTING, WireError};
+use super::wire::{Field, Fields, MAX_NESTING, WireError, short_key_value, short_string_value};
 
 // Field numbers of the OTLP trace protos (opentelemetry-proto, trace/v1 and common/v1).
 const REQ_RESOURCE_SPANS: u32 = 1;
@@ -413,6 +413,24 @@ fn check_key_value(b: &[u8], level: usize) -> Result<(), WireError> {
     if level > MAX_NESTING {
         return Err(WireError::TooDeep);
     }
+    // The usual attribute, a short string key and a short string value, checked at once: its
+    // tags and lengths are below 0x80, so if every byte is ASCII both strings are valid UTF-8.
+    // Anything else (or a non-ASCII string) takes the general walk, which also names the error.
+    if level < MAX_NESTING
+        && b.is_ascii()
+        && let Some((_, value)) = short_key_value(b)
+        && short_string_value(value).is_some()
+    {
+        return Ok(());
+    }
+    check_key_value_walk(b, level)
+}
+
+/// [`check_key_value`] for any encoding.
+fn check_key_value_walk(b: &[u8], level: usize) -> Result<(), WireError> {
+    if level > MAX_NESTING {
+        return Err(WireError::TooDeep);
+    }
     for f in Fields::new(b) {
         let f = f?;
         match f.number {
@@ -758,6 +776,86 @@ mod tests {
 
     fn scope_with(scope: &[u8]) -> Vec<u8> {
         wrap(&span(1, 2, None).encode_to_vec(), &[], scope)
+    }
+
+    /// The shortcut for the usual attribute answers exactly what the general walk answers: on
+    /// encodings of every kind (short and long strings, non-ASCII and invalid UTF-8, other value
+    /// types, extra or repeated fields, truncations), every one-byte change of each, and at the
+    /// nesting levels where the value no longer fits.
+    #[test]
+    fn key_value_shortcut_agrees_with_the_walk() {
+        use crate::otlp::wire::put_len_field;
+        let kv = |key: &[u8], value: &[u8]| {
+            let mut out = Vec::new();
+            put_len_field(&mut out, 1, key);
+            put_len_field(&mut out, 2, value);
+            out
+        };
+        let string = |s: &[u8]| {
+            let mut out = Vec::new();
+            put_len_field(&mut out, 1, s);
+            out
+        };
+        let long = vec![b'x'; 200];
+        let mut cases = vec![
+            kv(b"http.route", &string(b"/checkout")),
+            kv(b"k", &string(b"")),
+            kv(b"", &string(b"v")),
+            kv("caf\u{e9}".as_bytes(), &string(b"v")),
+            kv(b"k", &string("na\u{ef}ve".as_bytes())),
+            kv(b"k", &string(&[0xff, 0xfe])),
+            kv(&[0xc3], &string(b"v")),
+            kv(b"k", &string(&long)),
+            kv(&long, &string(b"v")),
+            kv(b"k", &[0x18, 0x2a]),                         // int_value
+            kv(b"k", &[0x10, 0x01]),                         // bool_value
+            kv(b"k", &[0x2a, 0x04, 0x0a, 0x02, 0x0a, 0x00]), // array of one empty string
+            kv(b"k", &[0x0a, 0x01, b'a', 0x0a, 0x01, b'b']), // string_value twice
+        ];
+        let mut extra = kv(b"k", &string(b"v"));
+        extra.extend_from_slice(&[0x18, 0x05]); // key_strindex after the value
+        cases.push(extra);
+        let mut reversed = Vec::new();
+        put_len_field(&mut reversed, 2, &string(b"v"));
+        put_len_field(&mut reversed, 1, b"k");
+        cases.push(reversed);
+        let base = cases.clone();
+        for case in &base {
+            for cut in 0..case.len() {
+                cases.push(case[..cut].to_vec());
+            }
+            for i in 0..case.len() {
+                for b in [0x00, 0x01, 0x0a, 0x12, 0x7f, 0x80, 0xc3, 0xff] {
+                    let mut m = case.clone();
+                    m[i] = b;
+                    cases.push(m);
+                }
+            }
+        }
+        let mut shortcut_taken = 0;
+        for case in &cases {
+            for level in [
+                LEVEL_SPAN + 1,
+                MAX_NESTING - 1,
+                MAX_NESTING,
+                MAX_NESTING + 1,
+            ] {
+                assert_eq!(
+                    check_key_value(case, level),
+                    check_key_value_walk(case, level),
+                    "{case:02x?} at level {level}"
+                );
+            }
+            if short_key_value(case).is_some_and(|(_, v)| short_string_value(v).is_some())
+                && case.is_ascii()
+            {
+                shortcut_taken += 1;
+            }
+        }
+        assert!(
+            shortcut_taken > 100,
+            "the shortcut was tried {shortcut_taken} times"
+        );
     }
 
     /// `ExportTraceServiceRequest { resource_spans: [{ resource, scope_spans: [{ scope, spans:

@@ -9,7 +9,7 @@ use hashbrown::HashMap;
 use tracekeeper_abi::{BatchWriter, MAX_VALUE_DEPTH, Section, SpanFixed, SpanId, TraceId};
 
 use super::request::{Group, SpanInfo, span_field as sf};
-use super::wire::Fields;
+use super::wire::{Fields, short_key_value, short_string_value};
 
 /// Attribute keys by index, with a filter on their lengths that rejects most other keys
 /// without hashing them.
@@ -290,6 +290,9 @@ fn write_key_value(w: &mut BatchWriter, s: &mut Section, kv: &[u8], keys: &Keys,
 }
 
 fn split_key_value(kv: &[u8]) -> (&[u8], &[u8]) {
+    if let Some(short) = short_key_value(kv) {
+        return short;
+    }
     let mut key: &[u8] = b"";
     let mut value: &[u8] = b"";
     for f in Fields::new(kv).filter_map(Result::ok) {
@@ -309,6 +312,9 @@ fn write_any_value(w: &mut BatchWriter, s: &mut Section, slot: Slot<'_>, depth: 
         Slot::Inline(k) => w.attr_inline(s, k),
         Slot::Item => w.array_item(s),
     };
+    if let Some(string) = short_string_value(any) {
+        return v.str(string);
+    }
     let Some(f) = Fields::new(any).filter_map(Result::ok).last() else {
         return v.empty();
     };

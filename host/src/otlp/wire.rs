@@ -231,6 +231,39 @@ fn read_varint_slow(buf: &mut &[u8]) -> Result<u64, WireError> {
     Err(WireError::BadVarint)
 }
 
+/// The key and value payloads of a `KeyValue` in its usual encoding: `key` (field 1) then
+/// `value` (field 2), each with a one-byte length, nothing else. `None` for any other encoding
+/// (which the general walk handles). A shortcut for the hot path: most attributes look like this.
+#[inline]
+pub fn short_key_value(kv: &[u8]) -> Option<(&[u8], &[u8])> {
+    let [0x0a, key_len, rest @ ..] = kv else {
+        return None;
+    };
+    let key_len = usize::from(*key_len);
+    if key_len >= 0x80 || rest.len() < key_len {
+        return None;
+    }
+    let (key, rest) = rest.split_at(key_len);
+    match rest {
+        [0x12, value_len, value @ ..]
+            if *value_len < 0x80 && value.len() == usize::from(*value_len) =>
+        {
+            Some((key, value))
+        }
+        _ => None,
+    }
+}
+
+/// The string of an `AnyValue` payload holding only `string_value` (field 1) with a one-byte
+/// length; `None` for anything else.
+#[inline]
+pub fn short_string_value(any: &[u8]) -> Option<&[u8]> {
+    match any {
+        [0x0a, len, s @ ..] if *len < 0x80 && s.len() == usize::from(*len) => Some(s),
+        _ => None,
+    }
+}
+
 /// Appends a varint.
 pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
