@@ -25,6 +25,45 @@ enum Transport {
     HttpProtobuf,
 }
 
+/// A host deciding after 1 s with the default policies, the baseline at `percent`, exporting
+/// over OTLP/gRPC to a receiver of the test's own.
+fn host_at_baseline(percent: f64) -> (Receiver, Host) {
+    let receiver = Receiver::start();
+    let host = Host::start(
+        &HostConfig::new(Exporter::Otlp(receiver.port))
+            .decision_wait("1s")
+            .baseline(percent),
+    );
+    (receiver, host)
+}
+
+/// A root span (status OK) of trace `trace_id` with a new span id, and the record of it that
+/// the checks compare the export with.
+fn root_span(
+    trace_id: [u8; 16],
+    service: &str,
+    scope: &str,
+    name: &str,
+) -> (opentelemetry_proto::tonic::trace::v1::Span, SentTrace) {
+    let span_id = new_span_id();
+    let mut sent = SentTrace::new(trace_id);
+    sent.add(span_id, service, scope);
+    (span(&trace_id, &span_id, None, name, false), sent)
+}
+
+/// Sends `spans` to the host in one OTLP/gRPC request under `service` and `scope`.
+fn export_spans(
+    runtime: &tokio::runtime::Runtime,
+    host: &Host,
+    service: &str,
+    scope: &str,
+    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+) {
+    runtime
+        .block_on(grpc_export(host.ports.grpc, request(service, scope, spans)))
+        .expect("gRPC export");
+}
+
 /// What one SDK session sent: an error trace, an orphan trace (whose parent never arrives, with
 /// the id of that parent) and a complete OK trace.
 struct SdkTraces {
@@ -193,12 +232,7 @@ fn sdk_traces_errors_and_orphans_kept_ok_dropped_at_zero_percent() {
 /// With the baseline at 100%, the SDK's complete OK traces come out, tagged `baseline`.
 #[test]
 fn sdk_ok_traces_kept_at_hundred_percent() {
-    let receiver = Receiver::start();
-    let mut host = Host::start(
-        &HostConfig::new(Exporter::Otlp(receiver.port))
-            .decision_wait("1s")
-            .baseline(100.0),
-    );
+    let (receiver, mut host) = host_at_baseline(100.0);
     let runtime = runtime();
 
     let grpc = send_with_sdk(&runtime, &host, Transport::Grpc, "sdk-grpc", "scope-grpc");
@@ -229,28 +263,16 @@ fn sdk_ok_traces_kept_at_hundred_percent() {
 /// left, which follows within the export linger although nothing else arrives.
 #[test]
 fn kept_spans_are_exported_in_requests_of_at_most_8192_spans() {
-    let receiver = Receiver::start();
-    let mut host = Host::start(
-        &HostConfig::new(Exporter::Otlp(receiver.port))
-            .decision_wait("1s")
-            .baseline(100.0),
-    );
+    let (receiver, mut host) = host_at_baseline(100.0);
     let runtime = runtime();
     let mut sent = Vec::new();
     let mut spans = Vec::new();
     for _ in 0..10_000 {
-        let (tid, sid) = (new_trace_id(), new_span_id());
-        spans.push(span(&tid, &sid, None, "batch-member", false));
-        let mut trace = SentTrace::new(tid);
-        trace.add(sid, "batching", "batch-scope");
+        let (span, trace) = root_span(new_trace_id(), "batching", "batch-scope", "batch-member");
+        spans.push(span);
         sent.push(trace);
     }
-    runtime
-        .block_on(grpc_export(
-            host.ports.grpc,
-            request("batching", "batch-scope", spans),
-        ))
-        .expect("gRPC export");
+    export_spans(&runtime, &host, "batching", "batch-scope", spans);
     let keys: Vec<_> = sent.iter().flat_map(SentTrace::keys).collect();
     let received = receiver.wait_for(&keys, "10 000 kept single-span traces", &host);
     assert_eq!(received.len(), 10_000, "each span exactly once");
@@ -274,12 +296,7 @@ fn kept_spans_are_exported_in_requests_of_at_most_8192_spans() {
 /// tracestate, one far below it is not.
 #[test]
 fn baseline_samples_by_trace_id_randomness_and_writes_threshold() {
-    let receiver = Receiver::start();
-    let mut host = Host::start(
-        &HostConfig::new(Exporter::Otlp(receiver.port))
-            .decision_wait("1s")
-            .baseline(50.0),
-    );
+    let (receiver, mut host) = host_at_baseline(50.0);
     let runtime = runtime();
     let mut high = Vec::new();
     let mut low = Vec::new();
@@ -292,21 +309,13 @@ fn baseline_samples_by_trace_id_randomness_and_writes_threshold() {
         let mut drop_id = new_trace_id();
         drop_id[9..].copy_from_slice(&[0, 0, 0, 0, 0, 0, i + 1]);
         for (id, list) in [(keep_id, &mut high), (drop_id, &mut low)] {
-            let span_id = new_span_id();
-            let mut s = span(&id, &span_id, None, "probe", false);
+            let (mut s, sent) = root_span(id, "sampled-svc", "sampled-scope", "probe");
             s.trace_state = "vendor=x".to_owned();
             spans.push(s);
-            let mut sent = SentTrace::new(id);
-            sent.add(span_id, "sampled-svc", "sampled-scope");
             list.push(sent);
         }
     }
-    runtime
-        .block_on(grpc_export(
-            host.ports.grpc,
-            request("sampled-svc", "sampled-scope", spans),
-        ))
-        .expect("export");
+    export_spans(&runtime, &host, "sampled-svc", "sampled-scope", spans);
     let keys: Vec<_> = high.iter().flat_map(SentTrace::keys).collect();
     receiver.wait_for(&keys, "the high-randomness traces at 50%", &host);
     host.terminate_cleanly();
