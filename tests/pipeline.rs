@@ -260,10 +260,18 @@ fn sdk_ok_traces_kept_at_hundred_percent() {
 
 /// Kept spans share export requests up to the collector's batch size (8192 spans): 10 000
 /// single-span traces decided at once go out as one request of 8192 spans and one of the 1808
-/// left, which follows within the export linger although nothing else arrives.
+/// left, which follows within the export linger although nothing else arrives. One worker, so
+/// that all the traces are decided and exported by one (the default depends on the CPUs).
 #[test]
 fn kept_spans_are_exported_in_requests_of_at_most_8192_spans() {
-    let (receiver, mut host) = host_at_baseline(100.0);
+    let receiver = Receiver::start();
+    let ports = Ports::new();
+    let config = HostConfig::new(Exporter::Otlp(receiver.port))
+        .decision_wait("1s")
+        .baseline(100.0)
+        .yaml(&ports)
+        + "guest: {workers: 1}\n";
+    let mut host = Host::start_yaml(ports, &config);
     let runtime = runtime();
     let mut sent = Vec::new();
     let mut spans = Vec::new();
