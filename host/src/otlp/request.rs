@@ -100,6 +100,10 @@ pub struct SpanInfo<'a> {
     pub status_code: u8,
     /// Low byte of the span flags (W3C trace flags).
     pub flags: u8,
+    /// Where the span's attributes, events and links lie in its bytes: from the start of the
+    /// first such field to the end of the last (0..0 when it has none), so that the view
+    /// builder walks only that part (other fields in between are skipped as usual).
+    pub details: (u32, u32),
 }
 
 /// One span of a request.
@@ -244,10 +248,18 @@ fn parse_span(bytes: &[u8]) -> Result<SpanInfo<'_>, SpanReject> {
         end_unix_nano: 0,
         status_code: 0,
         flags: 0,
+        details: (0, 0),
     };
     let mut bad_parent = None;
+    let (mut details_start, mut details_end) = (usize::MAX, 0);
     for f in Fields::new(bytes) {
         let f = f?;
+        if matches!(f.number, sf::ATTRIBUTES | sf::EVENTS | sf::LINKS) {
+            // Offsets of the field in `bytes` (it is a sub-slice of it).
+            let start = (f.raw.as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+            details_start = details_start.min(start);
+            details_end = details_end.max(start.saturating_add(f.raw.len()));
+        }
         match f.number {
             sf::TRACE_ID => info.trace_id = TraceId(id(&f, "trace_id")?),
             sf::SPAN_ID => info.span_id = SpanId(id(&f, "span_id")?),
@@ -289,6 +301,13 @@ fn parse_span(bytes: &[u8]) -> Result<SpanInfo<'_>, SpanReject> {
         return Err(SpanReject::Invalid(format!(
             "parent_span_id has {n} bytes, want 0 or 8"
         )));
+    }
+    if details_start < details_end {
+        // A span is at most the request's size, which the receivers cap far below 4 GiB.
+        info.details = (
+            u32::try_from(details_start).unwrap_or(0),
+            u32::try_from(details_end).unwrap_or(u32::MAX),
+        );
     }
     Ok(info)
 }

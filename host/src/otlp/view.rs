@@ -183,7 +183,11 @@ impl ViewBuilder {
         let mut event_fields: Vec<&[u8]> = Vec::new();
         let mut attrs = w.begin_section();
         if wants_attributes || interest.links || interest.events {
-            for f in Fields::new(bytes).filter_map(Result::ok) {
+            // Only the part of the span that holds its attributes, events and links (the
+            // whole span if that range is somehow out of bounds).
+            let (start, end) = info.details;
+            let details = bytes.get(start as usize..end as usize).unwrap_or(bytes);
+            for f in Fields::new(details).filter_map(Result::ok) {
                 let Ok(payload) = f.bytes() else { continue };
                 match f.number {
                     sf::ATTRIBUTES if wants_attributes => write_key_value(
@@ -347,5 +351,95 @@ fn write_any_value(w: &mut BatchWriter, s: &mut Section, slot: Slot<'_>, depth: 
             w.end_section(entries);
         }
         _ => v.empty(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::otlp::request::span_info;
+    use crate::otlp::wire::{put_len_field, put_varint_field};
+
+    fn key_value(key: &str, value: &str) -> Vec<u8> {
+        let mut any = Vec::new();
+        put_len_field(&mut any, 1, value.as_bytes());
+        let mut kv = Vec::new();
+        put_len_field(&mut kv, 1, key.as_bytes());
+        put_len_field(&mut kv, 2, &any);
+        kv
+    }
+
+    /// A span whose attributes, events and links are scattered among its other fields, in no
+    /// particular order (protobuf allows any).
+    fn scattered_span() -> Vec<u8> {
+        let mut link = Vec::new();
+        put_len_field(&mut link, 1, &[7; 16]);
+        put_len_field(&mut link, 2, &[8; 8]);
+        let mut event = Vec::new();
+        put_len_field(&mut event, 2, b"retry");
+        put_len_field(&mut event, 3, &key_value("attempt", "2"));
+        let mut status = Vec::new();
+        put_varint_field(&mut status, 3, 2);
+        let mut span = Vec::new();
+        put_len_field(&mut span, sf::ATTRIBUTES, &key_value("first", "a"));
+        put_len_field(&mut span, sf::TRACE_ID, &[1; 16]);
+        put_len_field(&mut span, sf::LINKS, &link);
+        put_len_field(&mut span, sf::SPAN_ID, &[2; 8]);
+        put_len_field(
+            &mut span,
+            sf::ATTRIBUTES,
+            &key_value("messaging.system", "kafka"),
+        );
+        put_len_field(&mut span, sf::STATUS, &status);
+        put_len_field(&mut span, sf::EVENTS, &event);
+        put_len_field(&mut span, sf::NAME, b"consume");
+        put_len_field(&mut span, sf::ATTRIBUTES, &key_value("last", "z"));
+        put_varint_field(&mut span, sf::KIND, 5);
+        span
+    }
+
+    /// Walking only the range `details` names gives the view a walk of the whole span gives,
+    /// for every interest, with the span's interesting fields scattered or absent.
+    #[test]
+    fn views_from_the_details_range_equal_views_from_the_whole_span() {
+        let group = Arc::new(Group {
+            resource_fields: Vec::new(),
+            scope_fields: Vec::new(),
+        });
+        let mut bare = Vec::new();
+        put_len_field(&mut bare, sf::TRACE_ID, &[1; 16]);
+        put_len_field(&mut bare, sf::SPAN_ID, &[2; 8]);
+        put_len_field(&mut bare, sf::NAME, b"bare");
+        let keys = ["messaging.system".to_string(), "last".to_string()];
+        for span in [scattered_span(), bare] {
+            let info = span_info(&span).unwrap();
+            let whole = SpanInfo {
+                details: (0, span.len() as u32),
+                ..info
+            };
+            for all in [false, true] {
+                for links_and_events in [false, true] {
+                    let interest =
+                        Interest::new(&keys, &[], all, false, links_and_events, links_and_events);
+                    let mut from_range = ViewBuilder::new();
+                    from_range.add(&interest, &group, &span, &info);
+                    let mut from_whole = ViewBuilder::new();
+                    from_whole.add(&interest, &group, &span, &whole);
+                    assert_eq!(from_range.as_bytes(), from_whole.as_bytes());
+                }
+            }
+        }
+        // In the usual field order the range leaves out the ids and name before and the status
+        // after.
+        let mut usual = Vec::new();
+        put_len_field(&mut usual, sf::TRACE_ID, &[1; 16]);
+        put_len_field(&mut usual, sf::SPAN_ID, &[2; 8]);
+        put_len_field(&mut usual, sf::NAME, b"usual");
+        let first = usual.len() as u32;
+        put_len_field(&mut usual, sf::ATTRIBUTES, &key_value("last", "z"));
+        let end = usual.len() as u32;
+        put_len_field(&mut usual, sf::STATUS, &[0x18, 0x01]);
+        assert_eq!(span_info(&usual).unwrap().details, (first, end));
     }
 }
