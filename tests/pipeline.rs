@@ -299,6 +299,82 @@ fn kept_spans_are_exported_in_requests_of_at_most_8192_spans() {
     host.terminate_cleanly();
 }
 
+/// The gRPC exporter frames its requests itself (gzip at level 1, zstd, or none) and reads the
+/// target's answers: a retryable status is retried until the target takes the request, a
+/// partial success counts the spans it names as dropped (`export_rejected`), a permanent status
+/// drops the request (`export_failed`). The target answers gzip-compressed where allowed.
+#[test]
+fn grpc_exporter_compresses_retries_and_reads_partial_success_and_permanent_errors() {
+    for compression in ["gzip", "zstd", "none"] {
+        let receiver = Receiver::start_scripted(vec![
+            Err(tonic::Status::unavailable("busy, try again")),
+            Ok(3),
+            Err(tonic::Status::invalid_argument("not this one")),
+        ]);
+        let ports = Ports::new();
+        let config = HostConfig::new(Exporter::Otlp(receiver.port))
+            .decision_wait("1s")
+            .baseline(100.0)
+            .yaml(&ports)
+            .replace(
+                "tls: {insecure: true}}",
+                &format!("tls: {{insecure: true}}, compression: {compression}}}"),
+            );
+        assert!(config.contains(&format!("compression: {compression}")));
+        let mut host = Host::start_yaml(ports, &config);
+        let runtime = runtime();
+        // A trace of 5 spans: refused once (and retried), then taken with 3 spans rejected.
+        let tid = new_trace_id();
+        let root = new_span_id();
+        let mut sent = SentTrace::new(tid);
+        sent.add(root, "answers", "answers-scope");
+        let mut spans = vec![span(&tid, &root, None, "root", false)];
+        for _ in 0..4 {
+            let child = new_span_id();
+            sent.add(child, "answers", "answers-scope");
+            spans.push(span(&tid, &child, Some(&root), "child", false));
+        }
+        export_spans(&runtime, &host, "answers", "answers-scope", spans);
+        receiver.wait_for(&sent.keys(), "the trace taken at the second attempt", &host);
+        // Then a trace the target refuses for good.
+        let (refused, _) = root_span(new_trace_id(), "answers", "answers-scope", "refused");
+        export_spans(&runtime, &host, "answers", "answers-scope", vec![refused]);
+        let dropped = |samples: &[Sample], reason| {
+            metric_sum(
+                samples,
+                "tracekeeper_spans_dropped_total",
+                &[("reason", reason)],
+            )
+        };
+        let deadline = std::time::Instant::now() + EXPORT_TIMEOUT;
+        let samples = loop {
+            let samples = scrape(&host);
+            if dropped(&samples, "export_failed") >= 1.0 {
+                break samples;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{compression}: the refused trace was never counted: {samples:#?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        assert_eq!(dropped(&samples, "export_failed"), 1.0, "{compression}");
+        assert_eq!(dropped(&samples, "export_rejected"), 3.0, "{compression}");
+        assert_eq!(
+            metric_sum(&samples, "tracekeeper_export_retries_total", &[]),
+            1.0,
+            "{compression}"
+        );
+        assert_eq!(
+            metric_sum(&samples, "tracekeeper_spans_exported_total", &[]),
+            2.0,
+            "{compression}: 5 spans taken, 3 of them rejected"
+        );
+        assert_eq!(receiver.requests().len(), 1, "{compression}");
+        host.terminate_cleanly();
+    }
+}
+
 /// At a 50% baseline the decision follows the trace id's randomness (its low 56 bits): a trace
 /// whose randomness is far above the threshold is kept with `ot=th:8` (threshold 2^55) in its
 /// tracestate, one far below it is not.

@@ -785,6 +785,10 @@ pub fn wait_for_keys(
 #[derive(Default)]
 struct Store {
     requests: Mutex<Vec<ExportTraceServiceRequest>>,
+    /// Answers of a scripted gRPC receiver, one per request in order (then plain successes):
+    /// `Ok(n)` takes the request with `partial_success.rejected_spans` = n (0: none), `Err`
+    /// refuses it with that status (the request is not recorded).
+    answers: Mutex<std::collections::VecDeque<Result<i64, tonic::Status>>>,
     /// For OTLP/HTTP: the `Content-Type` of each request.
     content_types: Mutex<Vec<String>>,
 }
@@ -799,13 +803,24 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let answer = self.store.answers.lock().unwrap().pop_front();
+        let rejected = match answer {
+            Some(Err(status)) => return Err(status),
+            Some(Ok(n)) => n,
+            None => 0,
+        };
         self.store
             .requests
             .lock()
             .unwrap()
             .push(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
+            partial_success: (rejected > 0).then(|| {
+                opentelemetry_proto::tonic::collector::trace::v1::ExportTracePartialSuccess {
+                    rejected_spans: rejected,
+                    error_message: format!("{rejected} spans refused by the test"),
+                }
+            }),
         }))
     }
 }
@@ -820,8 +835,17 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Self::start_scripted(Vec::new())
+    }
+
+    /// A gRPC receiver that answers its first requests as `answers` says (see `Store`), accepts
+    /// gzip and zstd, and compresses its answers with gzip when the client allows it.
+    pub fn start_scripted(answers: Vec<Result<i64, tonic::Status>>) -> Receiver {
         let runtime = runtime();
-        let store = Arc::new(Store::default());
+        let store = Arc::new(Store {
+            answers: Mutex::new(answers.into()),
+            ..Store::default()
+        });
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind receiver");
@@ -830,7 +854,9 @@ impl Receiver {
             store: store.clone(),
         })
         .max_decoding_message_size(256 * 1024 * 1024)
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Zstd)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
         runtime.spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)

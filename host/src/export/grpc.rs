@@ -1,6 +1,7 @@
-//! The OTLP/gRPC exporter (`exporters.otlp`): sends the encoded request bytes as they are,
-//! over TLS (rustls, the `tls` keys of the collector's exporter) unless `tls.insecure` or an
-//! `http://` endpoint asks for plaintext.
+//! The OTLP/gRPC exporter (`exporters.otlp`): sends the encoded request bytes as they are, in a
+//! gRPC frame of its own (so that gzip runs at the level the host picks), over TLS (rustls, the
+//! `tls` keys of the collector's exporter) unless `tls.insecure` or an `http://` endpoint asks
+//! for plaintext.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,16 +10,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tonic::codec::CompressionEncoding;
-use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-use super::{SendError, timeout_or_default};
+use super::{SendError, compress, timeout_or_default};
 use crate::config::{Compression, OtlpExporter};
-use crate::otlp::codec::{EXPORT_PATH, RawCodec};
+use crate::otlp::codec::EXPORT_PATH;
 use crate::tls::{ALPN_H2, client_config, server_name};
 
 /// Sends to one OTLP/gRPC endpoint over one HTTP/2 connection.
@@ -27,11 +26,12 @@ pub struct GrpcExporter {
     channel: Channel,
     compression: Compression,
     timeout: Duration,
-    headers: Vec<(
-        MetadataKey<tonic::metadata::Ascii>,
-        MetadataValue<tonic::metadata::Ascii>,
-    )>,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
+
+/// Headers the gRPC request itself sets, which `exporters.otlp.headers` may not (nor any
+/// `grpc-` header).
+const RESERVED_HEADERS: [&str; 3] = ["content-type", "te", "user-agent"];
 
 impl GrpcExporter {
     /// Connects lazily to the configured endpoint.
@@ -64,9 +64,18 @@ impl GrpcExporter {
         };
         let mut headers = Vec::new();
         for (k, v) in &cfg.headers {
-            let key = MetadataKey::from_bytes(k.to_lowercase().as_bytes())
+            let key = http::HeaderName::from_bytes(k.to_lowercase().as_bytes())
                 .map_err(|e| anyhow::anyhow!("exporters.otlp.headers.{k}: {e}"))?;
-            let value = MetadataValue::try_from(v.as_str())
+            if RESERVED_HEADERS.contains(&key.as_str())
+                || key.as_str().starts_with("grpc-")
+                || key.as_str().ends_with("-bin")
+            {
+                anyhow::bail!(
+                    "exporters.otlp.headers.{k}: reserved by gRPC (binary `-bin` metadata is not \
+                     supported either)"
+                );
+            }
+            let value = http::HeaderValue::from_str(v)
                 .map_err(|e| anyhow::anyhow!("exporters.otlp.headers.{k}: {e}"))?;
             headers.push((key, value));
         }
@@ -78,31 +87,131 @@ impl GrpcExporter {
         })
     }
 
-    /// One attempt.
+    /// One attempt: the unary call `TraceService/Export` framed here (one message, compressed
+    /// by [`compress`] when configured) rather than by tonic's client, whose gzip is fixed at
+    /// level 6; the channel still does the connection, TLS, the origin and the user agent.
     pub async fn send(&mut self, body: &Bytes) -> Result<u64, SendError> {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
-        match self.compression {
-            Compression::Gzip => grpc = grpc.send_compressed(CompressionEncoding::Gzip),
-            Compression::Zstd => grpc = grpc.send_compressed(CompressionEncoding::Zstd),
-            Compression::None => {}
+        let encoding = match self.compression {
+            Compression::Gzip => Some("gzip"),
+            Compression::Zstd => Some("zstd"),
+            Compression::None => None,
+        };
+        let message = compress(body, self.compression).map_err(SendError::Permanent)?;
+        let framed = frame(&message, encoding.is_some()).map_err(SendError::Permanent)?;
+        let mut req = http::Request::post(EXPORT_PATH)
+            .version(http::Version::HTTP_2)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .header("grpc-timeout", grpc_timeout(self.timeout))
+            .header("grpc-accept-encoding", "gzip,zstd");
+        if let Some(encoding) = encoding {
+            req = req.header("grpc-encoding", encoding);
         }
-        grpc = grpc
-            .accept_compressed(CompressionEncoding::Gzip)
-            .accept_compressed(CompressionEncoding::Zstd);
-        grpc.ready()
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        let req = req
+            .body(tonic::body::Body::new(Full::new(framed)))
+            .map_err(|e| SendError::Permanent(format!("building the request: {e}")))?;
+        let mut channel = self.channel.clone();
+        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut channel, cx))
             .await
             .map_err(|e| SendError::Retryable(format!("connecting: {e}"), None))?;
-        let mut req = tonic::Request::new(body.clone());
-        req.set_timeout(self.timeout);
-        for (k, v) in &self.headers {
-            req.metadata_mut().insert(k.clone(), v.clone());
+        let resp = tower_service::Service::call(&mut channel, req)
+            .await
+            .map_err(|e| classify(&tonic::Status::from_error(Box::new(e))))?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(classify(&status_of_http(resp.status())));
         }
-        let path = PathAndQuery::from_static(EXPORT_PATH);
-        match grpc.unary(req, path, RawCodec).await {
-            Ok(resp) => Ok(partial_success(resp.get_ref())),
-            Err(status) => Err(classify(&status)),
+        // A trailers-only response carries the status in its headers.
+        if let Some(status) = tonic::Status::from_header_map(resp.headers())
+            && status.code() != tonic::Code::Ok
+        {
+            return Err(classify(&status));
         }
+        let response_encoding = resp
+            .headers()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let collected = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| classify(&tonic::Status::from_error(e)))?;
+        if let Some(trailers) = collected.trailers() {
+            match tonic::Status::from_header_map(trailers) {
+                Some(status) if status.code() != tonic::Code::Ok => return Err(classify(&status)),
+                _ => {}
+            }
+        }
+        let data = collected.to_bytes();
+        Ok(unframe(&data, response_encoding.as_deref())
+            .map(|message| partial_success(&message))
+            .unwrap_or(0))
     }
+}
+
+/// Largest response read: an `ExportTraceServiceResponse` is a few bytes, or an error message.
+const MAX_RESPONSE_BYTES: usize = 64 << 10;
+
+/// The gRPC length-prefixed message: a compressed flag, the length (big-endian u32), the bytes.
+fn frame(message: &[u8], compressed: bool) -> Result<Bytes, String> {
+    let len = u32::try_from(message.len())
+        .map_err(|_| format!("a message of {} bytes is too large for gRPC", message.len()))?;
+    let mut out = Vec::with_capacity(message.len() + 5);
+    out.push(u8::from(compressed));
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(message);
+    Ok(Bytes::from(out))
+}
+
+/// The first message of a response body, decompressed if its flag says so (gzip or zstd, as
+/// the response's `grpc-encoding` names); `None` when there is none or it does not read.
+fn unframe(data: &[u8], encoding: Option<&str>) -> Option<Vec<u8>> {
+    let (&flag, rest) = data.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let message = rest.get(4..4usize.checked_add(len)?)?;
+    if flag == 0 {
+        return Some(message.to_vec());
+    }
+    let mut out = Vec::new();
+    match encoding {
+        Some("gzip") => {
+            let decoder = flate2::read::GzDecoder::new(message);
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(decoder, MAX_RESPONSE_BYTES as u64),
+                &mut out,
+            )
+            .ok()?;
+        }
+        Some("zstd") => {
+            out = zstd::bulk::decompress(message, MAX_RESPONSE_BYTES).ok()?;
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// The `grpc-timeout` header value of a deadline (milliseconds, at most the 8 digits gRPC
+/// allows).
+fn grpc_timeout(timeout: Duration) -> String {
+    format!("{}m", timeout.as_millis().min(99_999_999))
+}
+
+/// The gRPC status of a response whose HTTP status is not 200, as gRPC maps them.
+fn status_of_http(status: http::StatusCode) -> tonic::Status {
+    use http::StatusCode as H;
+    let code = match status {
+        H::BAD_REQUEST => tonic::Code::Internal,
+        H::UNAUTHORIZED => tonic::Code::Unauthenticated,
+        H::FORBIDDEN => tonic::Code::PermissionDenied,
+        H::NOT_FOUND => tonic::Code::Unimplemented,
+        H::TOO_MANY_REQUESTS | H::BAD_GATEWAY | H::SERVICE_UNAVAILABLE | H::GATEWAY_TIMEOUT => {
+            tonic::Code::Unavailable
+        }
+        _ => tonic::Code::Unknown,
+    };
+    tonic::Status::new(code, format!("HTTP status {status}"))
 }
 
 /// Connects TCP, then TLS with the exporter's rustls config (ALPN h2), within a timeout.
@@ -192,7 +301,7 @@ mod tests {
     };
     use prost::Message;
 
-    use super::partial_success;
+    use super::{frame, partial_success, status_of_http, unframe};
 
     #[test]
     fn partial_success_counts_the_rejected_spans() {
@@ -214,5 +323,68 @@ mod tests {
         );
         assert_eq!(partial_success(b""), 0);
         assert_eq!(partial_success(b"\xff\xff garbage"), 0);
+    }
+
+    /// A message framed here reads back; compressed answers are decompressed by the encoding
+    /// their response names; truncated or unknown ones read as nothing (0 rejected), never a
+    /// panic.
+    #[test]
+    fn frames_read_back_and_bad_ones_read_as_nothing() {
+        let framed = frame(b"message", false).unwrap();
+        assert_eq!(&framed[..5], &[0, 0, 0, 0, 7]);
+        assert_eq!(unframe(&framed, None).as_deref(), Some(&b"message"[..]));
+        let gzip = crate::export::compress(
+            &bytes::Bytes::from_static(b"message"),
+            crate::config::Compression::Gzip,
+        )
+        .unwrap();
+        let zstd = crate::export::compress(
+            &bytes::Bytes::from_static(b"message"),
+            crate::config::Compression::Zstd,
+        )
+        .unwrap();
+        for (body, encoding) in [(gzip, "gzip"), (zstd, "zstd")] {
+            let framed = frame(&body, true).unwrap();
+            assert_eq!(framed[0], 1);
+            assert_eq!(
+                unframe(&framed, Some(encoding)).as_deref(),
+                Some(&b"message"[..])
+            );
+            assert_eq!(unframe(&framed, Some("snappy")), None);
+            assert_eq!(unframe(&framed, None), None);
+        }
+        for cut in 0..framed.len() {
+            assert_eq!(unframe(&framed[..cut], None), None, "cut {cut}");
+        }
+        assert_eq!(unframe(&[1, 0, 0, 0, 3, 1, 2, 3], Some("gzip")), None);
+    }
+
+    /// HTTP statuses map to gRPC codes as gRPC specifies, so that `classify` retries the ones a
+    /// proxy answers when the target is away.
+    #[test]
+    fn http_statuses_map_to_grpc_codes() {
+        use http::StatusCode as H;
+        use tonic::Code;
+        for (http, code) in [
+            (H::BAD_REQUEST, Code::Internal),
+            (H::UNAUTHORIZED, Code::Unauthenticated),
+            (H::FORBIDDEN, Code::PermissionDenied),
+            (H::NOT_FOUND, Code::Unimplemented),
+            (H::TOO_MANY_REQUESTS, Code::Unavailable),
+            (H::BAD_GATEWAY, Code::Unavailable),
+            (H::SERVICE_UNAVAILABLE, Code::Unavailable),
+            (H::GATEWAY_TIMEOUT, Code::Unavailable),
+            (H::INTERNAL_SERVER_ERROR, Code::Unknown),
+        ] {
+            assert_eq!(status_of_http(http).code(), code, "{http}");
+        }
+        assert!(matches!(
+            super::classify(&status_of_http(H::SERVICE_UNAVAILABLE)),
+            crate::export::SendError::Retryable(..)
+        ));
+        assert!(matches!(
+            super::classify(&status_of_http(H::NOT_FOUND)),
+            crate::export::SendError::Permanent(..)
+        ));
     }
 }

@@ -1,7 +1,6 @@
 //! The OTLP/HTTP exporter (`exporters.otlphttp`): POSTs protobuf to `<endpoint>/v1/traces`,
 //! over TLS (rustls, the exporter's `tls` keys) for an `https://` endpoint.
 
-use std::io::Write;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,14 +11,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::{SendError, timeout_or_default};
+use super::{SendError, compress, timeout_or_default};
 use crate::config::{Compression, OtlpHttpExporter};
 use crate::tls::client_config;
 
 /// Largest response body read (error details are logged, nothing more is needed).
 const MAX_RESPONSE_BYTES: usize = 64 << 10;
-/// zstd level of request bodies (zstd's fast default).
-const ZSTD_LEVEL: i32 = 3;
 
 /// Sends to one OTLP/HTTP endpoint.
 #[derive(Debug)]
@@ -90,24 +87,12 @@ impl HttpExporter {
     pub async fn send(&mut self, body: &Bytes) -> Result<u64, SendError> {
         let mut builder =
             Request::post(self.url.clone()).header(header::CONTENT_TYPE, "application/x-protobuf");
-        let payload = match self.compression {
-            Compression::Gzip => {
-                builder = builder.header(header::CONTENT_ENCODING, "gzip");
-                let mut enc =
-                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                enc.write_all(body)
-                    .and_then(|()| enc.finish())
-                    .map(Bytes::from)
-                    .map_err(|e| SendError::Permanent(format!("gzip: {e}")))?
-            }
-            Compression::Zstd => {
-                builder = builder.header(header::CONTENT_ENCODING, "zstd");
-                zstd::bulk::compress(body, ZSTD_LEVEL)
-                    .map(Bytes::from)
-                    .map_err(|e| SendError::Permanent(format!("zstd: {e}")))?
-            }
-            Compression::None => body.clone(),
-        };
+        match self.compression {
+            Compression::Gzip => builder = builder.header(header::CONTENT_ENCODING, "gzip"),
+            Compression::Zstd => builder = builder.header(header::CONTENT_ENCODING, "zstd"),
+            Compression::None => {}
+        }
+        let payload = compress(body, self.compression).map_err(SendError::Permanent)?;
         for (k, v) in &self.headers {
             builder = builder.header(k, v);
         }

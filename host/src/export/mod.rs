@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::config::{Config, DEFAULT_EXPORT_TIMEOUT};
+use crate::config::{Compression, Config, DEFAULT_EXPORT_TIMEOUT};
 use crate::telemetry::{Health, Metrics, OutcomeLabel};
 
 /// Requests waiting to be sent.
@@ -176,4 +176,33 @@ fn jitter(d: Duration) -> Duration {
 /// The per-request timeout of an exporter.
 pub(crate) fn timeout_or_default(t: Option<Duration>) -> Duration {
     t.unwrap_or(DEFAULT_EXPORT_TIMEOUT)
+}
+
+/// zstd level of exported bodies (zstd's fast default).
+const ZSTD_LEVEL: i32 = 3;
+
+/// An export request body compressed as configured, for both OTLP exporters. gzip runs at level
+/// 1: at level 6 (tonic's fixed level, which the gRPC exporter used before it framed its
+/// messages itself) gzip cost 0.48x the prost floor per exported span with zlib-rs, at level 1
+/// 0.09x (criterion `hot_path` `export/gzip6`, BENCHMARKS.md).
+pub(crate) fn compress(
+    body: &bytes::Bytes,
+    compression: Compression,
+) -> Result<bytes::Bytes, String> {
+    match compression {
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::fast(),
+            );
+            std::io::Write::write_all(&mut enc, body)
+                .and_then(|()| enc.finish())
+                .map(bytes::Bytes::from)
+                .map_err(|e| format!("gzip: {e}"))
+        }
+        Compression::Zstd => zstd::bulk::compress(body, ZSTD_LEVEL)
+            .map(bytes::Bytes::from)
+            .map_err(|e| format!("zstd: {e}")),
+        Compression::None => Ok(body.clone()),
+    }
 }
