@@ -10,8 +10,10 @@
 //!   (what the worker does per span before and after the decision);
 //! * `export/tag_and_encode`: appending the tags of a probabilistic keep (policy, completeness,
 //!   a raised `th` in tracestate) to every span and encoding the export request;
-//! * `export/gzip6`: gzip of that export request at level 6 (what tonic's gRPC exporter applies
-//!   with `compression: gzip`), through flate2 and the backend this build selects.
+//! * `export/gzip1`: gzip of that export request at level 1, what both exporters apply with
+//!   `compression: gzip` (through flate2 and the backend this build selects); `export/gzip6` the
+//!   same at level 6, tonic's fixed level, which the gRPC exporter used before it framed its
+//!   messages itself.
 //!
 //! And the trace buffer in a steady state (`buffer/...`): [`STEADY_TRACES`] traces of 10 spans
 //! buffered, each iteration pushes one 100-span request of new spans and removes the oldest
@@ -207,16 +209,26 @@ fn benches(c: &mut Criterion) {
         builder.add(&groups[s.group], s.bytes, &tags, false);
     }
     let export = builder.finish();
-    g.bench_function("export/gzip6", |b| {
-        b.iter(|| {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(export.len() / 4),
-                flate2::Compression::new(6),
-            );
-            std::io::Write::write_all(&mut enc, &export).unwrap();
-            std::hint::black_box(enc.finish().unwrap())
-        })
-    });
+    for level in [1, 6] {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        std::io::Write::write_all(&mut enc, &export).unwrap();
+        let size = enc.finish().unwrap().len();
+        println!(
+            "export/gzip{level}: {} bytes -> {size} ({:.3} of the request)",
+            export.len(),
+            size as f64 / export.len() as f64
+        );
+        g.bench_function(format!("export/gzip{level}"), |b| {
+            b.iter(|| {
+                let mut enc = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(export.len() / 4),
+                    flate2::Compression::new(level),
+                );
+                std::io::Write::write_all(&mut enc, &export).unwrap();
+                std::hint::black_box(enc.finish().unwrap())
+            })
+        });
+    }
     g.finish();
     buffer_benches(
         c,
