@@ -375,6 +375,53 @@ fn grpc_exporter_compresses_retries_and_reads_partial_success_and_permanent_erro
     }
 }
 
+/// An endpoint that answers HTTP/2 200 without a gRPC status (not a gRPC server) does not count
+/// as a delivery: the request is dropped as a failed export, not reported exported.
+#[test]
+fn grpc_exporter_counts_an_answer_without_grpc_status_as_failed() {
+    let runtime = runtime();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().fallback(|| async { "not a gRPC endpoint" });
+    runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut host = Host::start(
+        &HostConfig::new(Exporter::Otlp(port))
+            .decision_wait("1s")
+            .baseline(100.0),
+    );
+    let (span, _) = root_span(new_trace_id(), "answers", "answers-scope", "lost?");
+    export_spans(&runtime, &host, "answers", "answers-scope", vec![span]);
+    let deadline = std::time::Instant::now() + EXPORT_TIMEOUT;
+    let samples = loop {
+        let samples = scrape(&host);
+        let failed = metric_sum(
+            &samples,
+            "tracekeeper_spans_dropped_total",
+            &[("reason", "export_failed")],
+        );
+        if failed >= 1.0 {
+            break samples;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the export was never counted as failed: {samples:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(
+        metric_sum(&samples, "tracekeeper_spans_exported_total", &[]),
+        0.0
+    );
+    assert!(
+        host.stderr().contains("no grpc-status"),
+        "the log names why: {}",
+        host.stderr()
+    );
+    host.terminate_cleanly();
+}
+
 /// At a 50% baseline the decision follows the trace id's randomness (its low 56 bits): a trace
 /// whose randomness is far above the threshold is kept with `ot=th:8` (threshold 2^55) in its
 /// tracestate, one far below it is not.

@@ -124,10 +124,12 @@ impl GrpcExporter {
             return Err(classify(&status_of_http(resp.status())));
         }
         // A trailers-only response carries the status in its headers.
-        if let Some(status) = tonic::Status::from_header_map(resp.headers())
-            && status.code() != tonic::Code::Ok
-        {
-            return Err(classify(&status));
+        let mut answered = false;
+        if let Some(status) = grpc_status(resp.headers()) {
+            if status.code() != tonic::Code::Ok {
+                return Err(classify(&status));
+            }
+            answered = true;
         }
         let response_encoding = resp
             .headers()
@@ -138,11 +140,18 @@ impl GrpcExporter {
             .collect()
             .await
             .map_err(|e| classify(&tonic::Status::from_error(e)))?;
-        if let Some(trailers) = collected.trailers() {
-            match tonic::Status::from_header_map(trailers) {
-                Some(status) if status.code() != tonic::Code::Ok => return Err(classify(&status)),
-                _ => {}
+        if let Some(status) = collected.trailers().and_then(grpc_status) {
+            if status.code() != tonic::Code::Ok {
+                return Err(classify(&status));
             }
+            answered = true;
+        }
+        if !answered {
+            // Not a gRPC answer (an HTTP/2 server that is not a gRPC endpoint, say): as tonic's
+            // client does, an error rather than a success that would lose the spans unseen.
+            return Err(classify(&tonic::Status::internal(
+                "the response carried no grpc-status",
+            )));
         }
         let data = collected.to_bytes();
         Ok(unframe(&data, response_encoding.as_deref())
@@ -190,6 +199,18 @@ fn unframe(data: &[u8], encoding: Option<&str>) -> Option<Vec<u8>> {
         _ => return None,
     }
     Some(out)
+}
+
+/// The status in `grpc-status` and `grpc-message`, if there is one. Read here rather than with
+/// tonic's `Status::from_header_map`, which panics on a malformed `grpc-status-details-bin`
+/// header, and the target's headers are outside data.
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Status> {
+    let code = tonic::Code::from_bytes(headers.get("grpc-status")?.as_bytes());
+    let message = headers
+        .get("grpc-message")
+        .map(|m| String::from_utf8_lossy(m.as_bytes()).into_owned())
+        .unwrap_or_default();
+    Some(tonic::Status::new(code, message))
 }
 
 /// The `grpc-timeout` header value of a deadline (milliseconds, at most the 8 digits gRPC
@@ -301,7 +322,7 @@ mod tests {
     };
     use prost::Message;
 
-    use super::{frame, partial_success, status_of_http, unframe};
+    use super::{frame, grpc_status, partial_success, status_of_http, unframe};
 
     #[test]
     fn partial_success_counts_the_rejected_spans() {
@@ -386,5 +407,24 @@ mod tests {
             super::classify(&status_of_http(H::NOT_FOUND)),
             crate::export::SendError::Permanent(..)
         ));
+    }
+
+    /// The status headers are read without tonic's parser, which panics on a malformed
+    /// `grpc-status-details-bin`: a target's headers must not crash the exporter.
+    #[test]
+    fn status_headers_are_read_without_panicking() {
+        let mut h = http::HeaderMap::new();
+        assert!(grpc_status(&h).is_none());
+        h.insert("grpc-status", http::HeaderValue::from_static("14"));
+        h.insert("grpc-message", http::HeaderValue::from_static("busy"));
+        h.insert(
+            "grpc-status-details-bin",
+            http::HeaderValue::from_static("not base64 !!"),
+        );
+        let status = grpc_status(&h).unwrap();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(status.message(), "busy");
+        h.insert("grpc-status", http::HeaderValue::from_static("nonsense"));
+        assert_eq!(grpc_status(&h).unwrap().code(), tonic::Code::Unknown);
     }
 }
