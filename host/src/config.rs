@@ -249,6 +249,17 @@ pub enum Compression {
     None,
 }
 
+impl Compression {
+    /// The name of the encoding on the wire (`grpc-encoding`, `Content-Encoding`), if any.
+    pub fn encoding(self) -> Option<&'static str> {
+        match self {
+            Compression::Gzip => Some("gzip"),
+            Compression::Zstd => Some("zstd"),
+            Compression::None => None,
+        }
+    }
+}
+
 /// `exporters.otlp`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -470,6 +470,8 @@ impl Worker {
             if wake != 0 && now_unix_nanos() >= wake {
                 self.on_due();
             }
+            // Kept spans of this batch's or tick's decisions are handed over here (or sooner,
+            // at the size limits in `add_to_export`), once they have lingered.
             self.flush_export_if_due();
             self.publish_state();
             self.states
@@ -585,7 +587,6 @@ impl Worker {
         } else {
             self.tick();
         }
-        self.flush_export_if_due();
     }
 
     fn ingest(&mut self, batch: IngestBatch) {
@@ -646,7 +647,6 @@ impl Worker {
             }
         }
         self.enforce_capacity(now);
-        self.flush_export_if_due();
     }
 
     /// The guest's `links` call: spans that belong to no pending trace here (other workers'
@@ -714,7 +714,6 @@ impl Worker {
         let now = now_unix_nanos();
         self.call("tick", Affected::DueAt(now), |g| g.tick(now));
         self.recover();
-        self.flush_export_if_due();
     }
 
     /// Records the decision latencies of traces whose spans were just handed over.

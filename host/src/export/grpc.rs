@@ -18,6 +18,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::{SendError, compress, timeout_or_default};
 use crate::config::{Compression, OtlpExporter};
 use crate::otlp::codec::EXPORT_PATH;
+use crate::receiver::gzip::gunzip_limited;
 use crate::tls::{ALPN_H2, client_config, server_name};
 
 /// Sends to one OTLP/gRPC endpoint over one HTTP/2 connection.
@@ -91,11 +92,7 @@ impl GrpcExporter {
     /// by [`compress`] when configured) rather than by tonic's client, whose gzip is fixed at
     /// level 6; the channel still does the connection, TLS, the origin and the user agent.
     pub async fn send(&mut self, body: &Bytes) -> Result<u64, SendError> {
-        let encoding = match self.compression {
-            Compression::Gzip => Some("gzip"),
-            Compression::Zstd => Some("zstd"),
-            Compression::None => None,
-        };
+        let encoding = self.compression.encoding();
         let message = compress(body, self.compression).map_err(SendError::Permanent)?;
         let framed = frame(&message, encoding.is_some()).map_err(SendError::Permanent)?;
         let mut req = http::Request::post(EXPORT_PATH)
@@ -183,22 +180,11 @@ fn unframe(data: &[u8], encoding: Option<&str>) -> Option<Vec<u8>> {
     if flag == 0 {
         return Some(message.to_vec());
     }
-    let mut out = Vec::new();
     match encoding {
-        Some("gzip") => {
-            let decoder = flate2::read::GzDecoder::new(message);
-            std::io::Read::read_to_end(
-                &mut std::io::Read::take(decoder, MAX_RESPONSE_BYTES as u64),
-                &mut out,
-            )
-            .ok()?;
-        }
-        Some("zstd") => {
-            out = zstd::bulk::decompress(message, MAX_RESPONSE_BYTES).ok()?;
-        }
-        _ => return None,
+        Some("gzip") => gunzip_limited(message, MAX_RESPONSE_BYTES).ok(),
+        Some("zstd") => zstd::bulk::decompress(message, MAX_RESPONSE_BYTES).ok(),
+        _ => None,
     }
-    Some(out)
 }
 
 /// The status in `grpc-status` and `grpc-message`, if there is one. Read here rather than with

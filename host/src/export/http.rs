@@ -87,10 +87,8 @@ impl HttpExporter {
     pub async fn send(&mut self, body: &Bytes) -> Result<u64, SendError> {
         let mut builder =
             Request::post(self.url.clone()).header(header::CONTENT_TYPE, "application/x-protobuf");
-        match self.compression {
-            Compression::Gzip => builder = builder.header(header::CONTENT_ENCODING, "gzip"),
-            Compression::Zstd => builder = builder.header(header::CONTENT_ENCODING, "zstd"),
-            Compression::None => {}
+        if let Some(encoding) = self.compression.encoding() {
+            builder = builder.header(header::CONTENT_ENCODING, encoding);
         }
         let payload = compress(body, self.compression).map_err(SendError::Permanent)?;
         for (k, v) in &self.headers {

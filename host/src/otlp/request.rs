@@ -429,12 +429,10 @@ fn check_link(b: &[u8]) -> Result<(), WireError> {
 
 /// Checks a `KeyValue` message at nesting `level`.
 fn check_key_value(b: &[u8], level: usize) -> Result<(), WireError> {
-    if level > MAX_NESTING {
-        return Err(WireError::TooDeep);
-    }
     // The usual attribute, a short string key and a short string value, checked at once: its
     // tags and lengths are below 0x80, so if every byte is ASCII both strings are valid UTF-8.
-    // Anything else (or a non-ASCII string) takes the general walk, which also names the error.
+    // Anything else (or a non-ASCII string, or a level too deep for the value) takes the
+    // general walk, which also names the error.
     if level < MAX_NESTING
         && b.is_ascii()
         && let Some((_, value)) = short_key_value(b)
