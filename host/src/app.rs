@@ -2,7 +2,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -18,8 +17,7 @@ use crate::shutdown;
 use crate::telemetry::{self, Health, Metrics};
 use crate::worker::{
     DEFAULT_MEMORY_LIMIT_MIB, DEFAULT_NON_SAMPLED_CACHE, DEFAULT_NUM_TRACES, DEFAULT_SAMPLED_CACHE,
-    FaultPolicy, INGEST_QUEUE_LEN, Reload, TICK_INTERVAL, WORKER_STACK_MARGIN, Worker, WorkerMsg,
-    WorkerSettings,
+    FaultPolicy, INGEST_QUEUE_LEN, Reload, WORKER_STACK_MARGIN, Worker, WorkerMsg, WorkerSettings,
 };
 
 /// Loads the guest a config and an optional `--guest` name, with the config's limits.
@@ -173,7 +171,7 @@ pub async fn run_with_reload(
         )
         .context("configuring the guest")?;
         let (ingest_tx, ingest_rx) = mpsc::channel(INGEST_QUEUE_LEN);
-        let due = worker.due();
+        let clock = worker.clock();
         queues.push(WorkerQueue {
             tx: ingest_tx.clone(),
             pressure: worker.pressure(),
@@ -195,8 +193,8 @@ pub async fn run_with_reload(
             })
             .context("starting a worker thread")?;
         worker_threads.push(thread);
-        clock_tasks.push(tokio::spawn(clock(
-            due,
+        clock_tasks.push(tokio::spawn(crate::clock::run(
+            clock,
             ingest_tx.clone(),
             clock_shutdown.clone(),
         )));
@@ -363,29 +361,6 @@ async fn reload(
             .is_err()
         {
             tracing::error!("reload: a worker has stopped");
-        }
-    }
-}
-
-/// Wakes the worker when the next trace is due (the worker has no timer of its own: it blocks on
-/// its queue). A tick that finds the queue full is skipped: the worker checks the clock after
-/// every batch anyway.
-async fn clock(due: Arc<AtomicU64>, tx: mpsc::Sender<WorkerMsg>, shutdown: shutdown::Shutdown) {
-    let mut interval = tokio::time::interval(TICK_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let stop = shutdown.wait();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = interval.tick() => {
-                let next = due.load(Ordering::Relaxed);
-                if next != 0 && crate::worker::now_unix_nanos() >= next {
-                    // Clear it so one due time sends one tick; the worker republishes.
-                    due.store(0, Ordering::Relaxed);
-                    let _ = tx.try_send(WorkerMsg::Tick);
-                }
-            }
         }
     }
 }

@@ -9,7 +9,6 @@
 
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -69,8 +68,21 @@ impl Shard {
     pub const SOLE: Shard = Shard { index: 0, count: 1 };
 }
 
-/// How often the epoch advances; call deadlines are counted in these ticks.
+/// Shortest interval at which the epoch advances: the resolution of call deadlines, and the
+/// shortest `guest.call_timeout`.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Longest interval at which the epoch advances.
+pub const MAX_EPOCH_TICK: Duration = Duration::from_millis(100);
+/// Epoch ticks in one `guest.call_timeout` (when that keeps the tick within [`EPOCH_TICK`] and
+/// [`MAX_EPOCH_TICK`]): a call is stopped within one tick before its timeout, never after.
+pub const EPOCH_TICKS_PER_TIMEOUT: u32 = 20;
+
+/// How often the epoch advances for a call timeout: a twentieth of it, within [`EPOCH_TICK`]
+/// and [`MAX_EPOCH_TICK`]. The ticker thread wakes this often for as long as the engine lives,
+/// busy or idle; at the default timeout (2 s) that is 10 times a second instead of 100.
+pub fn epoch_tick(call_timeout: Duration) -> Duration {
+    (call_timeout / EPOCH_TICKS_PER_TIMEOUT).clamp(EPOCH_TICK, MAX_EPOCH_TICK)
+}
 
 /// Default `guest.memory_limit_mib`.
 pub const DEFAULT_MEMORY_LIMIT_MIB: usize = 512;
@@ -144,6 +156,15 @@ impl GuestLimits {
             call_timeout: None,
             ..GuestLimits::default()
         }
+    }
+
+    /// A call's deadline in epoch ticks ([`epoch_tick`]): the most whole ticks within the
+    /// timeout, at least one.
+    fn deadline_ticks(&self) -> Option<u64> {
+        self.call_timeout.map(|t| {
+            let ticks = t.as_nanos() / epoch_tick(t).as_nanos().max(1);
+            u64::try_from(ticks).unwrap_or(u64::MAX).max(1)
+        })
     }
 }
 
@@ -378,21 +399,21 @@ fn engine(limits: &GuestLimits) -> anyhow::Result<Engine> {
         config.cache(Some(cache));
     }
     let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
-    if limits.call_timeout.is_some() {
-        start_epoch_ticker(&engine);
+    if let Some(timeout) = limits.call_timeout {
+        start_epoch_ticker(&engine, epoch_tick(timeout));
     }
     Ok(engine)
 }
 
-/// One ticker thread per engine advances the epoch; it stops when the engine is dropped.
-fn start_epoch_ticker(engine: &Engine) {
+/// One ticker thread per engine advances the epoch every `tick`; it stops when the engine is
+/// dropped.
+fn start_epoch_ticker(engine: &Engine, tick: Duration) {
     let weak = engine.weak();
-    let stop = Arc::new(AtomicBool::new(false));
     let _ = std::thread::Builder::new()
         .name("tracekeeper-epoch".into())
         .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
+            loop {
+                std::thread::sleep(tick);
                 match weak.upgrade() {
                     Some(e) => e.increment_epoch(),
                     None => break,
@@ -584,9 +605,7 @@ impl GuestModule {
     }
 
     fn deadline_ticks(&self) -> Option<u64> {
-        self.limits
-            .call_timeout
-            .map(|t| (t.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64)
+        self.limits.deadline_ticks()
     }
 }
 
@@ -972,6 +991,32 @@ mod tests {
         // Three lines went through the gate (each took a token; refill in between is tiny).
         let tokens = lock(&gate).tokens;
         assert!(tokens < GUEST_OUTPUT_BURST_LINES - 2.5, "{tokens}");
+    }
+
+    #[test]
+    fn the_epoch_tick_is_a_twentieth_of_the_timeout_within_bounds() {
+        let ms = Duration::from_millis;
+        assert_eq!(epoch_tick(DEFAULT_CALL_TIMEOUT), ms(100));
+        assert_eq!(epoch_tick(ms(400)), ms(20));
+        assert_eq!(epoch_tick(ms(10)), EPOCH_TICK);
+        assert_eq!(epoch_tick(Duration::from_secs(60)), MAX_EPOCH_TICK);
+        // A call never runs past its timeout: deadline ticks × tick ≤ timeout (at least one).
+        for t in [10, 15, 199, 200, 2000, 2050, 60_000] {
+            let l = GuestLimits {
+                call_timeout: Some(ms(t)),
+                ..GuestLimits::unlimited()
+            };
+            let ticks = l.deadline_ticks().expect("limited");
+            assert!(ticks >= 1);
+            assert!(
+                epoch_tick(ms(t)) * ticks as u32 <= ms(t),
+                "{t} ms: {ticks} ticks"
+            );
+            assert!(
+                epoch_tick(ms(t)) * (ticks as u32 + 1) > ms(t),
+                "{t} ms: {ticks} ticks"
+            );
+        }
     }
 
     #[test]

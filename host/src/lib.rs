@@ -12,6 +12,8 @@ pub mod arena;
 pub mod auth;
 pub mod backpressure;
 pub mod buffer;
+#[cfg(feature = "runtime")]
+pub mod clock;
 pub mod completeness_metrics;
 pub mod config;
 pub mod export;

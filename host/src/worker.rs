@@ -46,7 +46,6 @@
 //! degraded again with a doubled wait.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -57,6 +56,7 @@ use tracekeeper_abi::{Decision, DecisionReader, TraceId};
 
 use crate::backpressure::Pressure;
 use crate::buffer::{Cached, DecisionCache, TraceBuffer};
+use crate::clock::WakeClock;
 use crate::config::GuestSection;
 use crate::export::ExportRequest;
 use crate::export::builder::ExportBuilder;
@@ -334,8 +334,9 @@ pub struct Worker {
     stopping: bool,
     /// Host time (Unix ns) of the next due trace, 0 when none.
     next_due: u64,
-    /// When the worker wants a tick (next due trace, or the next re-try), for the clock task.
-    due: Arc<AtomicU64>,
+    /// Where the worker publishes when it wants a tick (next due trace, end of the export
+    /// linger, next re-try), for its clock task.
+    clock: Arc<WakeClock>,
     /// The "full" flag for the receivers (raised only with `block_on_overflow`).
     pressure: Arc<Pressure>,
     /// Decision latencies (seconds) waiting for their spans to be handed to the exporter.
@@ -365,9 +366,10 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl Worker {
-    /// The next time the worker wants a tick (Unix ns, 0 = none), for the clock task.
-    pub fn due(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.due)
+    /// Where the worker publishes the next time it wants a tick, for its clock task
+    /// ([`crate::clock::run`]).
+    pub fn clock(&self) -> Arc<WakeClock> {
+        Arc::clone(&self.clock)
     }
 
     /// The "full" flag the worker raises at its limits with `block_on_overflow`, for the
@@ -444,7 +446,7 @@ impl Worker {
             faults: FaultState::default(),
             stopping: false,
             next_due: 0,
-            due: Arc::new(AtomicU64::new(0)),
+            clock: Arc::new(WakeClock::new()),
             pressure: Arc::new(Pressure::default()),
             latencies: Vec::new(),
         };
@@ -462,7 +464,7 @@ impl Worker {
         while let Some(msg) = rx.blocking_recv() {
             match msg {
                 WorkerMsg::Batch(batch) => self.ingest(batch),
-                WorkerMsg::Tick => {}
+                WorkerMsg::Tick => self.clock.ticked(),
                 WorkerMsg::Shutdown => break,
                 WorkerMsg::Reload(reload) => self.reload(*reload),
             }
@@ -573,7 +575,7 @@ impl Worker {
             .queue_length
             .get_or_create(&QueueLabel { queue: "export" })
             .set((self.export.max_capacity() - self.export.capacity()) as i64);
-        self.due.store(self.wake_at(), Ordering::Relaxed);
+        self.clock.publish(self.wake_at());
         self.pressure.set_full(
             self.settings.block_on_overflow
                 && (self.buffer.len() >= self.settings.num_traces
