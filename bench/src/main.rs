@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use tracekeeper_bench::idle;
 use tracekeeper_bench::load::{self, LoadSpec, Protocol};
 use tracekeeper_bench::runner::{self, RunConfig};
 use tracekeeper_bench::sink::Sink;
@@ -68,6 +69,9 @@ enum Cmd {
     /// Hold a steady load on tracekeeper (keep-all) for a long time; sample RSS, open fds and
     /// span counts every interval, then count spans lost and judge RSS growth.
     Soak(SoakArgs),
+    /// Start tracekeeper on its embedded default configuration (on free ports) with no traffic
+    /// and measure its CPU time and thread wake-ups over a window.
+    Idle(IdleArgs),
     /// Send the workload to an OTLP endpoint.
     Gen(GenArgs),
     /// Receive OTLP/gRPC and print spans per second.
@@ -148,6 +152,22 @@ struct RunArgs {
     #[arg(long)]
     workers: Option<u32>,
     /// Keep the configurations and logs of the processes under test in this directory.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    /// The tracekeeper binary [default: next to this one].
+    #[arg(long)]
+    tracekeeper: Option<PathBuf>,
+    /// Another tracekeeper binary measured the same way after the first.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Length of the measured window.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    window: Duration,
+    /// Keep the configuration and the log of tracekeeper in this directory.
     #[arg(long)]
     work_dir: Option<PathBuf>,
 }
@@ -234,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Run(a) => run(a).await,
         Cmd::Soak(a) => soak_run(a).await,
+        Cmd::Idle(a) => idle_run(a).await,
         Cmd::Gen(a) => generate(a).await,
         Cmd::Sink(a) => sink(a).await,
     }
@@ -332,6 +353,45 @@ async fn soak_run(a: SoakArgs) -> anyhow::Result<()> {
             Err(e)
         }
     }
+}
+
+async fn idle_run(a: IdleArgs) -> anyhow::Result<()> {
+    let keep_logs = a.work_dir.is_some();
+    let work_dir = a.work_dir.unwrap_or_else(runner::default_work_dir);
+    let mut binaries = vec![match a.tracekeeper {
+        Some(p) => p,
+        None => runner::default_tracekeeper()?,
+    }];
+    binaries.extend(a.baseline);
+    println!("machine: {}", runner::machine());
+    println!(
+        "tracekeeper on its embedded default configuration, no traffic, {:?} window",
+        a.window
+    );
+    println!();
+    println!("| binary | CPU (% of one CPU) | context switches/s | threads |");
+    println!("|---|---:|---:|---:|");
+    for b in &binaries {
+        let cost = match idle::measure(b, a.window, &work_dir).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("configuration and log kept in {}", work_dir.display());
+                return Err(e);
+            }
+        };
+        println!(
+            "| {} | {:.3}% ({} ms) | {:.1} | {} |",
+            b.display(),
+            cost.cpu_percent(),
+            cost.cpu.as_millis(),
+            cost.switches_per_second(),
+            cost.threads
+        );
+    }
+    if !keep_logs {
+        runner::clean_work_dir(&work_dir);
+    }
+    Ok(())
 }
 
 async fn generate(a: GenArgs) -> anyhow::Result<()> {
