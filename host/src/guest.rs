@@ -84,6 +84,10 @@ pub fn epoch_tick(call_timeout: Duration) -> Duration {
     (call_timeout / EPOCH_TICKS_PER_TIMEOUT).clamp(EPOCH_TICK, MAX_EPOCH_TICK)
 }
 
+/// Set to `1` to have wasmtime write `/tmp/perf-<pid>.map`, so `perf report` names the guest's
+/// functions instead of showing bare JIT addresses (BENCHMARKS.md, "Profile").
+pub const PERF_MAP_ENV: &str = "TRACEKEEPER_GUEST_PERF_MAP";
+
 /// Default `guest.memory_limit_mib`.
 pub const DEFAULT_MEMORY_LIMIT_MIB: usize = 512;
 /// Largest `guest.memory_limit_mib`: a 32-bit linear memory cannot exceed 4 GiB.
@@ -393,6 +397,9 @@ impl ResourceLimiter for Limiter {
 /// the same guest).
 fn engine(limits: &GuestLimits) -> anyhow::Result<Engine> {
     let mut config = Config::new();
+    if std::env::var_os(PERF_MAP_ENV).is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config.epoch_interruption(limits.call_timeout.is_some());
     config.max_wasm_stack(limits.max_wasm_stack_bytes);
     if let Ok(cache) = wasmtime::Cache::new(wasmtime::CacheConfig::new()) {
