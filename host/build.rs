@@ -65,15 +65,10 @@ fn main() {
         cmd.env_remove(var);
     }
     // The embedded guest needs no debug info; stripping it keeps the binary (and compile
-    // time of the component at start-up) small. Whole-program optimisation (fat LTO, one
-    // codegen unit) makes its `ingest` about 6% faster (criterion `guest_call`
-    // `ingest/limits_on`, two interleaved runs each: 16.0 / 16.4 -> 15.3 / 15.1 µs per 100
-    // spans, 1.89x -> 1.81x the native build; BENCHMARKS.md) for a few seconds more build from
-    // scratch (26 -> 29 s here).
+    // time of the component at start-up) small. (Fat LTO made its `ingest` about 5% faster in
+    // criterion but held about 8 MiB more RSS under a steady load: not kept; BENCHMARKS.md.)
     cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
-        .env("CARGO_PROFILE_RELEASE_LTO", "fat")
-        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true");
     let status = cmd.status();
     match status {
         Ok(s) if s.success() => {}
