@@ -238,10 +238,8 @@ impl Sampler {
             ));
         }
         let mut out = DecisionWriter::new();
-        for chunk in trace_ids.chunks_exact(TRACE_ID_LEN) {
-            let Ok(bytes) = <[u8; TRACE_ID_LEN]>::try_from(chunk) else {
-                continue;
-            };
+        let (ids, _) = trace_ids.as_chunks::<TRACE_ID_LEN>();
+        for &bytes in ids {
             let id = TraceId(bytes);
             if let Some(trace) = self.traces.remove(&id) {
                 self.decide(id, trace, now, &mut out);
