@@ -516,6 +516,13 @@ fn metrics_have_every_documented_name() {
         );
     }
     assert!(metric_sum(&samples, "tracekeeper_decision_latency_seconds_count", &[]) >= 1.0);
+    // The guest instance holds at least its initial memory (the default guest needs more than
+    // one 64 KiB page) and no more than its cap (`guest.memory_limit_mib`, 512 MiB by default).
+    let guest_memory = metric_sum(&samples, "tracekeeper_guest_memory_bytes", &[]);
+    assert!(
+        (65_536.0..=512.0 * 1048576.0).contains(&guest_memory),
+        "tracekeeper_guest_memory_bytes = {guest_memory}:\n{text}"
+    );
     host.terminate_cleanly();
 }
 

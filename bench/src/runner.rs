@@ -98,12 +98,25 @@ pub struct Phase {
     pub lateness_ms: Option<(f64, f64, f64)>,
     /// Peak RSS.
     pub peak_rss: u64,
-    /// Buffer memory: (RSS growth per buffered span, buffered spans at that sample).
-    pub rss_per_buffered_span: Option<(f64, u64)>,
+    /// Buffer memory at the sample with the most traces in memory.
+    pub rss_per_buffered_span: Option<BufferMemory>,
     /// Error traces kept / error traces sent.
     pub errors_kept: Option<(u64, u64)>,
     /// Spans that reached the sink.
     pub spans_exported: u64,
+}
+
+/// Memory at the sample with the most traces in memory, per buffered span.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferMemory {
+    /// (RSS − idle RSS) ÷ buffered spans.
+    pub rss_per_span: f64,
+    /// Buffered spans (traces in memory × spans per trace).
+    pub spans: u64,
+    /// `tracekeeper_buffered_span_bytes` ÷ buffered spans: the trace buffer's own count.
+    pub buffer_per_span: Option<f64>,
+    /// `tracekeeper_guest_memory_bytes` (absent in builds without the gauge).
+    pub guest_memory: Option<u64>,
 }
 
 /// The whole report.
@@ -268,20 +281,36 @@ impl Ports {
     }
 }
 
+/// One sample of the process while it runs.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    rss: u64,
+    /// `tracekeeper_traces_in_memory`.
+    traces: u64,
+    /// `tracekeeper_buffered_span_bytes`.
+    buffered_bytes: Option<u64>,
+    /// `tracekeeper_guest_memory_bytes`.
+    guest_memory: Option<u64>,
+}
+
 /// Samples of the process while it runs.
 #[derive(Debug, Default)]
 struct Samples {
-    /// (RSS, traces in memory) at each sample.
-    points: Vec<(u64, u64)>,
+    points: Vec<Point>,
 }
 
 async fn sample_tracekeeper(pid: u32, metrics_url: &str, samples: &mut Samples) {
-    let traces = match http_get(metrics_url).await {
-        Ok((_, text)) => prometheus_value(&text, "tracekeeper_traces_in_memory").unwrap_or(0.0),
-        Err(_) => return,
+    let Ok((_, text)) = http_get(metrics_url).await else {
+        return;
     };
+    let value = |name: &str| prometheus_value(&text, name).map(|v| v as u64);
     if let Ok(m) = procstat::process_memory(pid) {
-        samples.points.push((m.rss, traces as u64));
+        samples.points.push(Point {
+            rss: m.rss,
+            traces: value("tracekeeper_traces_in_memory").unwrap_or(0),
+            buffered_bytes: value("tracekeeper_buffered_span_bytes"),
+            guest_memory: value("tracekeeper_guest_memory_bytes"),
+        });
     }
 }
 
@@ -576,10 +605,15 @@ fn lateness(
 }
 
 /// RSS growth over idle per buffered span, at the sample with the most traces in memory.
-fn buffer_memory(workload: &Workload, samples: &Samples, idle: Memory) -> Option<(f64, u64)> {
-    let &(rss, traces) = samples.points.iter().max_by_key(|(_, t)| *t)?;
-    let spans = traces * workload.spec().spans_per_trace as u64;
-    (spans > 0).then(|| (rss.saturating_sub(idle.rss) as f64 / spans as f64, spans))
+fn buffer_memory(workload: &Workload, samples: &Samples, idle: Memory) -> Option<BufferMemory> {
+    let p = samples.points.iter().max_by_key(|p| p.traces)?;
+    let spans = p.traces * workload.spec().spans_per_trace as u64;
+    (spans > 0).then(|| BufferMemory {
+        rss_per_span: p.rss.saturating_sub(idle.rss) as f64 / spans as f64,
+        spans,
+        buffer_per_span: p.buffered_bytes.map(|b| b as f64 / spans as f64),
+        guest_memory: p.guest_memory,
+    })
 }
 
 fn mib(b: u64) -> String {
@@ -646,7 +680,14 @@ pub fn render(cfg: &RunConfig, r: &Report) -> String {
             .unwrap_or_default();
         let mem = p
             .rss_per_buffered_span
-            .map(|(b, n)| format!("{b:.0} B ({:.2}×, {n} spans)", b / r.span_bytes))
+            .map(|m| {
+                format!(
+                    "{:.0} B ({:.2}×, {} spans)",
+                    m.rss_per_span,
+                    m.rss_per_span / r.span_bytes,
+                    m.spans
+                )
+            })
             .unwrap_or_default();
         let _ = writeln!(
             s,
@@ -686,6 +727,25 @@ pub fn render(cfg: &RunConfig, r: &Report) -> String {
                 "baseline binary (default policies) CPU/span ÷ floor: {:.2}×; this build ÷ baseline: {:.2}×",
                 b.cpu_us_per_span / floor_us,
                 d.cpu_us_per_span / b.cpu_us_per_span
+            );
+        }
+    }
+    for p in &r.phases {
+        if let Some(m) = p.rss_per_buffered_span {
+            let part = |b: Option<f64>| match b {
+                Some(b) => format!("{b:.0} B ({:.2}×)", b / r.span_bytes),
+                None => "n/a".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "\n{}: at the sample with the most traces in memory, RSS over idle per buffered span \
+                 {}; the trace buffer's own count {}; the guest's linear memory {} per span ({}, \
+                 its whole size, the part present when idle included)",
+                p.name,
+                part(Some(m.rss_per_span)),
+                part(m.buffer_per_span),
+                part(m.guest_memory.map(|g| g as f64 / m.spans as f64)),
+                m.guest_memory.map(mib).unwrap_or_else(|| "n/a".into()),
             );
         }
     }

@@ -693,6 +693,12 @@ impl GuestInstance {
         Some(self.finish("links", r))
     }
 
+    /// Bytes of linear memory the instance holds (the sum of its memories). A guest's memory
+    /// only grows: this is the high-water mark of its heap, what `guest.memory_limit_mib` caps.
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().limiter.total
+    }
+
     /// Sends a span-view batch; returns a decision batch.
     pub fn ingest(&mut self, batch: &[u8], now: u64) -> Result<Vec<u8>, GuestError> {
         self.arm();

@@ -67,11 +67,13 @@ struct Slot {
     traces: AtomicI64,
     bytes: AtomicI64,
     ingest_queue: AtomicI64,
+    guest_memory: AtomicI64,
 }
 
 /// Each worker's figures, added up into the process-wide gauges
 /// (`tracekeeper_traces_in_memory`, `tracekeeper_buffered_span_bytes`,
-/// `tracekeeper_queue_length{queue="ingest"}`, `tracekeeper_guest_degraded`) and health.
+/// `tracekeeper_queue_length{queue="ingest"}`, `tracekeeper_guest_memory_bytes`,
+/// `tracekeeper_guest_degraded`) and health.
 #[derive(Debug)]
 pub struct ShardStates {
     slots: Vec<Slot>,
@@ -112,6 +114,20 @@ impl ShardStates {
         });
         metrics.traces_in_memory.set(t);
         metrics.buffered_bytes.set(b);
+    }
+
+    /// Worker `shard`'s guest instance holds `bytes` of linear memory (0 while it has none);
+    /// updates the total.
+    pub fn set_guest_memory(&self, metrics: &Metrics, shard: u32, bytes: usize) {
+        if let Some(s) = self.slot(shard) {
+            s.guest_memory.store(bytes as i64, Ordering::Relaxed);
+        }
+        let total = self
+            .slots
+            .iter()
+            .map(|s| s.guest_memory.load(Ordering::Relaxed))
+            .fold(0i64, i64::saturating_add);
+        metrics.guest_memory.set(total);
     }
 
     /// Worker `shard`'s ingest queue holds `len` batches; updates the total.
@@ -241,6 +257,10 @@ mod tests {
         s.set_buffer(&metrics, 1, 4, 400);
         assert_eq!(metrics.traces_in_memory.get(), 7);
         assert_eq!(metrics.buffered_bytes.get(), 700);
+        s.set_guest_memory(&metrics, 0, 1 << 20);
+        s.set_guest_memory(&metrics, 1, 2 << 20);
+        s.set_guest_memory(&metrics, 0, 0);
+        assert_eq!(metrics.guest_memory.get(), 2 << 20);
         s.set_degraded(&metrics, &health, 1, Some("trap".into()));
         assert_eq!(metrics.guest_degraded.get(), 1);
         assert_eq!(health.degraded().as_deref(), Some("worker 1: trap"));

@@ -141,6 +141,8 @@ pub struct Metrics {
     pub requests_refused: Family<ReasonLabel, Counter>,
     /// `tracekeeper_buffered_span_bytes`: memory held by buffered spans.
     pub buffered_bytes: Gauge,
+    /// `tracekeeper_guest_memory_bytes`: linear memory of the guest instances.
+    pub guest_memory: Gauge,
     /// `tracekeeper_queue_length{queue}`: items waiting in the ingest and export queues.
     pub queue_length: Family<QueueLabel, Gauge>,
     /// `tracekeeper_decision_latency_seconds`: from a trace's due time until its spans were
@@ -182,6 +184,7 @@ impl Metrics {
             guest_degraded: Gauge::default(),
             requests_refused: Family::default(),
             buffered_bytes: Gauge::default(),
+            guest_memory: Gauge::default(),
             queue_length: Family::default(),
             decision_latency: Histogram::new(DECISION_LATENCY_BUCKETS),
             export_requests: Family::default(),
@@ -271,6 +274,11 @@ impl Metrics {
             "buffered_span_bytes",
             "Memory held by buffered spans (compared with memory_limit_mib)",
             m.buffered_bytes.clone(),
+        );
+        registry.register(
+            "guest_memory_bytes",
+            "Linear memory held by the guest instances (each capped by guest.memory_limit_mib; a guest's memory only grows, so this is its high-water mark)",
+            m.guest_memory.clone(),
         );
         registry.register(
             "queue_length",

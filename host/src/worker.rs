@@ -575,6 +575,13 @@ impl Worker {
             .queue_length
             .get_or_create(&QueueLabel { queue: "export" })
             .set((self.export.max_capacity() - self.export.capacity()) as i64);
+        self.states.set_guest_memory(
+            &self.metrics,
+            self.shard.index,
+            self.instance
+                .as_ref()
+                .map_or(0, GuestInstance::memory_bytes),
+        );
         self.clock.publish(self.wake_at());
         self.pressure.set_full(
             self.settings.block_on_overflow
