@@ -2,7 +2,8 @@
 //! follow their trace) when full, measured with a counting allocator: the sizes of DESIGN.md's
 //! configuration (100 000 kept, 1 000 000 not kept), filled the way the worker fills it at the
 //! benchmark's load (1 trace in 10 kept by the probabilistic policy, 1 in 100 by the errors
-//! policy), tags built for each kept trace as the worker builds them.
+//! policy), tags built for each kept trace and shared between equal ones as the worker does
+//! ([`TagsInterner`]).
 //!
 //! Run: `cargo bench -p tracekeeper --bench cache_memory`.
 
@@ -10,11 +11,10 @@
 #![allow(unsafe_code, clippy::unwrap_used, missing_docs)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use tracekeeper::buffer::{Cached, DecisionCache};
-use tracekeeper::tags::TraceTags;
+use tracekeeper::tags::{TagsInterner, TraceTags};
 use tracekeeper_abi::{Completeness, ThresholdOp, TraceId};
 
 /// The system allocator, counting the bytes live.
@@ -85,12 +85,13 @@ fn tags(policy: &str) -> TraceTags {
 fn main() {
     let before = LIVE.load(Ordering::Relaxed);
     let mut cache = DecisionCache::new(KEPT_CAP, NOT_KEPT_CAP);
+    let mut interner = TagsInterner::default();
     let (mut kept, mut not_kept) = (0u64, 0u64);
     for n in 0..DECISIONS {
         let id = trace_id(n);
         let c = match n % 100 {
-            0 => Cached::Kept(Arc::new(tags("errors"))),
-            x if x % 10 == 5 => Cached::Kept(Arc::new(tags("baseline"))),
+            0 => Cached::Kept(interner.intern(tags("errors"))),
+            x if x % 10 == 5 => Cached::Kept(interner.intern(tags("baseline"))),
             _ => Cached::NotKept,
         };
         match c {

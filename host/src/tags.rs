@@ -4,6 +4,8 @@
 //! so `tracekeeper.*` attributes are appended as extra `attributes` (field 9) entries and a new
 //! `trace_state` (field 3) is appended after the original one.
 
+use std::sync::Arc;
+
 use tracekeeper_abi::{Completeness, ThresholdOp};
 
 use crate::otlp::request::span_field as sf;
@@ -39,6 +41,34 @@ pub struct TraceTags {
     encoded: Vec<u8>,
     /// The same plus `tracekeeper.late=true`.
     encoded_late: Vec<u8>,
+}
+
+/// How many distinct tags [`TagsInterner`] remembers.
+const INTERNED: usize = 8;
+
+/// The last few distinct tags handed out, so that kept traces with equal tags share one
+/// allocation: most keeps have the same policy, completeness and threshold and nothing
+/// missing, and the decision cache holds a pointer to the tags of each of its kept traces
+/// (100 000 by default), each about 400 bytes with its encodings when not shared.
+#[derive(Debug, Default)]
+pub struct TagsInterner {
+    recent: [Option<Arc<TraceTags>>; INTERNED],
+    next: usize,
+}
+
+impl TagsInterner {
+    /// `tags`, or an equal one handed out recently.
+    pub fn intern(&mut self, tags: TraceTags) -> Arc<TraceTags> {
+        if let Some(same) = self.recent.iter().flatten().find(|t| ***t == tags) {
+            return Arc::clone(same);
+        }
+        let tags = Arc::new(tags);
+        if let Some(slot) = self.recent.get_mut(self.next) {
+            *slot = Some(Arc::clone(&tags));
+        }
+        self.next = (self.next + 1) % INTERNED;
+        tags
+    }
 }
 
 impl TraceTags {
@@ -248,6 +278,36 @@ mod tests {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use opentelemetry_proto::tonic::trace::v1::Span;
     use prost::Message;
+
+    #[test]
+    fn equal_tags_share_one_allocation_and_different_ones_do_not() {
+        let make = |policy: &str, missing: Vec<String>| {
+            TraceTags::new(
+                policy.to_string(),
+                Some(Completeness::Complete),
+                missing,
+                ThresholdOp::Raise(1 << 55),
+                false,
+                Vec::new(),
+            )
+        };
+        let mut interner = TagsInterner::default();
+        let a = interner.intern(make("baseline", Vec::new()));
+        let b = interner.intern(make("errors", Vec::new()));
+        let c = interner.intern(make("baseline", Vec::new()));
+        assert!(Arc::ptr_eq(&a, &c));
+        assert!(!Arc::ptr_eq(&a, &b));
+        let d = interner.intern(make("baseline", vec!["root".into()]));
+        assert!(!Arc::ptr_eq(&a, &d));
+        assert_eq!(d.missing, ["root"]);
+        // Past INTERNED other tags, the first is forgotten: a new allocation, equal in value.
+        for n in 0..INTERNED {
+            interner.intern(make(&format!("p{n}"), Vec::new()));
+        }
+        let e = interner.intern(make("baseline", Vec::new()));
+        assert!(!Arc::ptr_eq(&a, &e));
+        assert_eq!(*a, *e);
+    }
 
     #[test]
     fn thresholds_format_and_parse() {

@@ -64,7 +64,7 @@ use crate::guest::{FaultCause, GuestError, GuestInstance, GuestModule, Shard};
 use crate::otlp::request::{Group, SpanInfo, span_info};
 use crate::otlp::view::{Interest, ViewBuilder};
 use crate::shard::{ShardStates, shard_of};
-use crate::tags::TraceTags;
+use crate::tags::{TagsInterner, TraceTags};
 use crate::telemetry::{DecisionLabels, Health, KindLabel, Metrics, QueueLabel};
 
 /// Batches waiting for the worker.
@@ -321,6 +321,8 @@ pub struct Worker {
     /// compacted away.
     arrivals: VecDeque<(TraceId, u64)>,
     cache: DecisionCache,
+    /// Shares the tags of kept traces that are tagged alike (in the decision cache).
+    interner: TagsInterner,
     builder: ExportBuilder,
     builder_bytes: usize,
     /// Host time (Unix ns) the oldest span in `builder` was added (0 when empty).
@@ -430,6 +432,7 @@ impl Worker {
             shard,
             states,
             cache: DecisionCache::new(settings.sampled_cache, settings.non_sampled_cache),
+            interner: TagsInterner::default(),
             due_age: shortest_decision_wait(&settings.guest_config),
             module,
             settings,
@@ -613,10 +616,7 @@ impl Worker {
             {
                 late.push(i);
                 match c {
-                    Cached::Kept(tags) => {
-                        let tags = Arc::clone(tags);
-                        self.add_to_export(group, &span.bytes, &tags, true);
-                    }
+                    Cached::Kept(tags) => self.add_to_export(group, &span.bytes, &tags, true),
                     Cached::NotKept => self.metrics.drop_spans("late_not_sampled", 1),
                 }
                 self.metrics.spans_late.inc();
@@ -929,7 +929,7 @@ impl Worker {
                 self.latencies.push(due as f64);
             }
             if rec.decision == Decision::Sampled {
-                let tags = Arc::new(TraceTags::new(
+                let tags = self.interner.intern(TraceTags::new(
                     rec.policy.to_string(),
                     Some(rec.completeness),
                     rec.missing().map(str::to_string).collect(),
