@@ -139,6 +139,76 @@ fn error(status: StatusCode, format: Option<Format>, message: String) -> Respons
     }
 }
 
+/// Most bytes of a refused body (over the limit, or of a type not served) read and thrown away
+/// after the refusal is decided, so that the client can finish sending and read the answer.
+/// An HTTP/1.1 server that closes with part of the body unread makes the kernel reset the
+/// connection, and a client still sending then sees a reset instead of the 413 or 415 (and an
+/// OTLP exporter retries a reset, where it drops a 413). Past this, or past `read_timeout`, the
+/// connection is closed all the same.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// Why a body was not read whole.
+enum BodyError {
+    /// Over `max_body`; the rest of the body, to drain.
+    TooLarge(Body),
+    /// The connection failed while reading.
+    Read(String),
+}
+
+/// Reads a body of at most `max` bytes (one chunk is taken as is; several are joined).
+async fn read_body(body: Body, max: usize) -> Result<Bytes, BodyError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Read(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total > max {
+            return Err(BodyError::TooLarge(body));
+        }
+        chunks.push(data);
+    }
+    Ok(match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap_or_default(),
+        _ => {
+            let mut joined = bytes::BytesMut::with_capacity(total);
+            for c in &chunks {
+                joined.extend_from_slice(c);
+            }
+            joined.freeze()
+        }
+    })
+}
+
+/// Reads and throws away up to [`DRAIN_LIMIT`] bytes of `body` within `timeout`, then answers
+/// `resp`, asking the client to close the connection.
+async fn refuse(body: Body, timeout: Duration, mut resp: Response) -> Response {
+    use http_body_util::BodyExt;
+    let drain = async {
+        let mut body = body;
+        let mut seen = 0usize;
+        while seen <= DRAIN_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.len()));
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, drain).await;
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    resp
+}
+
 async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -154,13 +224,14 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         "application/x-protobuf" | "application/protobuf" => Format::Protobuf,
         "application/json" => Format::Json,
         _ => {
-            return error(
+            let resp = error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 None,
                 format!(
                     "unsupported content type {content_type:?}; use application/x-protobuf or application/json"
                 ),
             );
+            return refuse(body, state.read_timeout, resp).await;
         }
     };
     let encoding = headers
@@ -169,10 +240,37 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let read = tokio::time::timeout(
-        state.read_timeout,
-        axum::body::to_bytes(body, state.max_body),
-    );
+    if !matches!(encoding.as_str(), "" | "identity" | "gzip") {
+        let resp = error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some(format),
+            format!("unsupported content encoding {encoding:?}; use gzip or none"),
+        );
+        return refuse(body, state.read_timeout, resp).await;
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+    if expects_continue && declared.is_some_and(|n| n > state.max_body as u64) {
+        // The client waits for a 100 before sending: refuse without reading (hyper sends the
+        // 100 only when the body is read) and without draining anything.
+        let mut resp = error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some(format),
+            format!("request body over the limit of {} bytes", state.max_body),
+        );
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return resp;
+    }
+    let read = tokio::time::timeout(state.read_timeout, read_body(body, state.max_body));
     let raw = match read.await {
         Ok(Ok(b)) => b,
         Err(_) => {
@@ -187,23 +285,20 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
             );
             return resp;
         }
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            return if too_large {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Some(format),
-                    format!("request body over the limit of {} bytes", state.max_body),
-                )
-            } else {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    Some(format),
-                    format!("reading request body: {e}"),
-                )
-            };
+        Ok(Err(BodyError::TooLarge(rest))) => {
+            let resp = error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Some(format),
+                format!("request body over the limit of {} bytes", state.max_body),
+            );
+            return refuse(rest, state.read_timeout, resp).await;
+        }
+        Ok(Err(BodyError::Read(e))) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                Some(format),
+                format!("reading request body: {e}"),
+            );
         }
     };
     let body = match encoding.as_str() {
