@@ -100,18 +100,21 @@ impl ShardStates {
         self.slots.get(shard as usize)
     }
 
+    /// Stores worker `shard`'s figure in `field` of its slot; returns the sum over workers.
+    fn store_and_sum(&self, shard: u32, field: fn(&Slot) -> &AtomicI64, value: usize) -> i64 {
+        if let Some(s) = self.slot(shard) {
+            field(s).store(value as i64, Ordering::Relaxed);
+        }
+        self.slots
+            .iter()
+            .map(|s| field(s).load(Ordering::Relaxed))
+            .fold(0i64, i64::saturating_add)
+    }
+
     /// Worker `shard` holds `traces` traces of `bytes` bytes; updates the totals.
     pub fn set_buffer(&self, metrics: &Metrics, shard: u32, traces: usize, bytes: usize) {
-        if let Some(s) = self.slot(shard) {
-            s.traces.store(traces as i64, Ordering::Relaxed);
-            s.bytes.store(bytes as i64, Ordering::Relaxed);
-        }
-        let (t, b) = self.slots.iter().fold((0i64, 0i64), |(t, b), s| {
-            (
-                t.saturating_add(s.traces.load(Ordering::Relaxed)),
-                b.saturating_add(s.bytes.load(Ordering::Relaxed)),
-            )
-        });
+        let t = self.store_and_sum(shard, |s| &s.traces, traces);
+        let b = self.store_and_sum(shard, |s| &s.bytes, bytes);
         metrics.traces_in_memory.set(t);
         metrics.buffered_bytes.set(b);
     }
@@ -119,27 +122,13 @@ impl ShardStates {
     /// Worker `shard`'s guest instance holds `bytes` of linear memory (0 while it has none);
     /// updates the total.
     pub fn set_guest_memory(&self, metrics: &Metrics, shard: u32, bytes: usize) {
-        if let Some(s) = self.slot(shard) {
-            s.guest_memory.store(bytes as i64, Ordering::Relaxed);
-        }
-        let total = self
-            .slots
-            .iter()
-            .map(|s| s.guest_memory.load(Ordering::Relaxed))
-            .fold(0i64, i64::saturating_add);
+        let total = self.store_and_sum(shard, |s| &s.guest_memory, bytes);
         metrics.guest_memory.set(total);
     }
 
     /// Worker `shard`'s ingest queue holds `len` batches; updates the total.
     pub fn set_ingest_queue(&self, metrics: &Metrics, shard: u32, len: usize) {
-        if let Some(s) = self.slot(shard) {
-            s.ingest_queue.store(len as i64, Ordering::Relaxed);
-        }
-        let total = self
-            .slots
-            .iter()
-            .map(|s| s.ingest_queue.load(Ordering::Relaxed))
-            .fold(0i64, i64::saturating_add);
+        let total = self.store_and_sum(shard, |s| &s.ingest_queue, len);
         metrics
             .queue_length
             .get_or_create(&QueueLabel { queue: "ingest" })

@@ -209,6 +209,15 @@ async fn refuse(body: Body, timeout: Duration, mut resp: Response) -> Response {
     resp
 }
 
+/// 413 for a body over `max` bytes.
+fn too_large(format: Format, max: usize) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Some(format),
+        format!("request body over the limit of {max} bytes"),
+    )
+}
+
 async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -258,17 +267,13 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
     if expects_continue && declared.is_some_and(|n| n > state.max_body as u64) {
         // The client waits for a 100 before sending: refuse without reading (hyper sends the
-        // 100 only when the body is read) and without draining anything.
-        let mut resp = error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Some(format),
-            format!("request body over the limit of {} bytes", state.max_body),
-        );
-        resp.headers_mut().insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
-        return resp;
+        // 100 only when the body is read), so there is nothing to drain.
+        return refuse(
+            Body::empty(),
+            Duration::ZERO,
+            too_large(format, state.max_body),
+        )
+        .await;
     }
     let read = tokio::time::timeout(state.read_timeout, read_body(body, state.max_body));
     let raw = match read.await {
@@ -286,12 +291,7 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
             return resp;
         }
         Ok(Err(BodyError::TooLarge(rest))) => {
-            let resp = error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Some(format),
-                format!("request body over the limit of {} bytes", state.max_body),
-            );
-            return refuse(rest, state.read_timeout, resp).await;
+            return refuse(rest, state.read_timeout, too_large(format, state.max_body)).await;
         }
         Ok(Err(BodyError::Read(e))) => {
             return error(
