@@ -261,6 +261,18 @@ fn fingerprint(id: &TraceId) -> u64 {
     mix((v as u64) ^ mix((v >> 64) as u64))
 }
 
+/// Appends a newly remembered `fp` to `order`, then forgets the oldest (`forget`) until at most
+/// `cap` remain.
+fn remember(order: &mut VecDeque<u64>, cap: usize, fp: u64, mut forget: impl FnMut(u64)) {
+    order.push_back(fp);
+    while order.len() > cap {
+        match order.pop_front() {
+            Some(old) => forget(old),
+            None => break,
+        }
+    }
+}
+
 /// Bounded FIFO memory of decisions, one capacity for kept and one for not-kept traces (the
 /// collector's `decision_cache`).
 ///
@@ -301,32 +313,21 @@ impl DecisionCache {
         let fp = fingerprint(&id);
         match c {
             Cached::Kept(tags) => {
-                if self.kept_cap == 0 {
-                    return;
+                // A decision remembered again keeps its place in the order.
+                if self.kept_cap > 0 && self.kept.insert(fp, tags).is_none() {
+                    let kept = &mut self.kept;
+                    remember(&mut self.kept_order, self.kept_cap, fp, |old| {
+                        kept.remove(&old);
+                    });
                 }
-                if let Some(known) = self.kept.get_mut(&fp) {
-                    *known = tags;
-                    return;
-                }
-                while self.kept_order.len() >= self.kept_cap {
-                    if let Some(old) = self.kept_order.pop_front() {
-                        self.kept.remove(&old);
-                    }
-                }
-                self.kept.insert(fp, tags);
-                self.kept_order.push_back(fp);
             }
             Cached::NotKept => {
-                if self.not_kept_cap == 0 || self.not_kept.contains(&fp) {
-                    return;
+                if self.not_kept_cap > 0 && self.not_kept.insert(fp) {
+                    let not_kept = &mut self.not_kept;
+                    remember(&mut self.not_kept_order, self.not_kept_cap, fp, |old| {
+                        not_kept.remove(&old);
+                    });
                 }
-                while self.not_kept_order.len() >= self.not_kept_cap {
-                    if let Some(old) = self.not_kept_order.pop_front() {
-                        self.not_kept.remove(&old);
-                    }
-                }
-                self.not_kept.insert(fp);
-                self.not_kept_order.push_back(fp);
             }
         }
     }
@@ -341,7 +342,8 @@ impl DecisionCache {
     }
 
     /// Decisions remembered (kept, not kept).
-    pub fn len(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn len(&self) -> (usize, usize) {
         (self.kept.len(), self.not_kept.len())
     }
 }

@@ -187,7 +187,7 @@ async fn read_body(body: Body, max: usize) -> Result<Bytes, BodyError> {
 
 /// Reads and throws away up to [`DRAIN_LIMIT`] bytes of `body` within `timeout`, then answers
 /// `resp`, asking the client to close the connection.
-async fn refuse(body: Body, timeout: Duration, mut resp: Response) -> Response {
+async fn refuse(body: Body, timeout: Duration, resp: Response) -> Response {
     use http_body_util::BodyExt;
     let drain = async {
         let mut body = body;
@@ -202,6 +202,11 @@ async fn refuse(body: Body, timeout: Duration, mut resp: Response) -> Response {
         }
     };
     let _ = tokio::time::timeout(timeout, drain).await;
+    closing(resp)
+}
+
+/// `resp`, asking the client to close the connection.
+fn closing(mut resp: Response) -> Response {
     resp.headers_mut().insert(
         header::CONNECTION,
         header::HeaderValue::from_static("close"),
@@ -268,27 +273,17 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     if expects_continue && declared.is_some_and(|n| n > state.max_body as u64) {
         // The client waits for a 100 before sending: refuse without reading (hyper sends the
         // 100 only when the body is read), so there is nothing to drain.
-        return refuse(
-            Body::empty(),
-            Duration::ZERO,
-            too_large(format, state.max_body),
-        )
-        .await;
+        return closing(too_large(format, state.max_body));
     }
     let read = tokio::time::timeout(state.read_timeout, read_body(body, state.max_body));
     let raw = match read.await {
         Ok(Ok(b)) => b,
         Err(_) => {
-            let mut resp = error(
+            return closing(error(
                 StatusCode::REQUEST_TIMEOUT,
                 Some(format),
                 format!("request body not received within {:?}", state.read_timeout),
-            );
-            resp.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-            return resp;
+            ));
         }
         Ok(Err(BodyError::TooLarge(rest))) => {
             return refuse(rest, state.read_timeout, too_large(format, state.max_body)).await;
@@ -301,9 +296,9 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
             );
         }
     };
-    let body = match encoding.as_str() {
-        "" | "identity" => raw,
-        "gzip" => match gunzip_limited(&raw, state.max_body) {
+    // Other encodings were refused before the body was read.
+    let body = if encoding == "gzip" {
+        match gunzip_limited(&raw, state.max_body) {
             Ok(b) => Bytes::from(b),
             Err(e @ GunzipError::TooLarge(_)) => {
                 return error(StatusCode::PAYLOAD_TOO_LARGE, Some(format), e.to_string());
@@ -311,14 +306,9 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
             Err(e @ GunzipError::Corrupt(_)) => {
                 return error(StatusCode::BAD_REQUEST, Some(format), e.to_string());
             }
-        },
-        other => {
-            return error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Some(format),
-                format!("unsupported content encoding {other:?}; use gzip or none"),
-            );
         }
+    } else {
+        raw
     };
     let protobuf = match format {
         Format::Protobuf => body,
