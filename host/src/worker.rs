@@ -464,6 +464,9 @@ impl Worker {
     /// own, which tokio forbids inside another runtime's context. Give the thread
     /// [`Worker::thread_stack_size`] of stack.
     pub fn run(mut self, mut rx: mpsc::Receiver<WorkerMsg>) {
+        // The gauges (the guest's memory among them) hold from the start, not from the first
+        // batch.
+        self.publish_state();
         while let Some(msg) = rx.blocking_recv() {
             match msg {
                 WorkerMsg::Batch(batch) => self.ingest(batch),
