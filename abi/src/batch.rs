@@ -309,6 +309,7 @@ pub enum Value<'a> {
     KvList(KvIter<'a>),
 }
 
+#[inline(always)]
 fn read_section<'a>(c: &mut Cursor<'a>) -> Result<(u32, Cursor<'a>), LayoutError> {
     let count = c.u32()?;
     let len = c.u32()? as usize;
