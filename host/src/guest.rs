@@ -85,7 +85,10 @@ pub fn epoch_tick(call_timeout: Duration) -> Duration {
 }
 
 /// Set to `1` to have wasmtime write `/tmp/perf-<pid>.map`, so `perf report` names the guest's
-/// functions instead of showing bare JIT addresses (BENCHMARKS.md, "Profile").
+/// functions instead of showing bare JIT addresses (BENCHMARKS.md, "Profile"). Set to `jitdump`
+/// (in a build with the `profiling` feature) for a `jit-<pid>.dump` that `perf inject --jit`
+/// reads instead: right where a process compiles the guest more than once (the benches), since a
+/// perf map cannot tell apart two modules that used the same code addresses one after the other.
 pub const PERF_MAP_ENV: &str = "TRACEKEEPER_GUEST_PERF_MAP";
 
 /// Default `guest.memory_limit_mib`.
@@ -397,8 +400,20 @@ impl ResourceLimiter for Limiter {
 /// the same guest).
 fn engine(limits: &GuestLimits) -> anyhow::Result<Engine> {
     let mut config = Config::new();
-    if std::env::var_os(PERF_MAP_ENV).is_some_and(|v| v == "1") {
-        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    match std::env::var_os(PERF_MAP_ENV) {
+        Some(v) if v == "1" => {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        #[cfg(feature = "profiling")]
+        Some(v) if v == "jitdump" => {
+            config.profiler(wasmtime::ProfilingStrategy::JitDump);
+        }
+        Some(v) => tracing::warn!(
+            value = %v.to_string_lossy(),
+            "{PERF_MAP_ENV} is `1` (perf map) or, in a build with the `profiling` feature, \
+             `jitdump`; ignored"
+        ),
+        None => {}
     }
     config.epoch_interruption(limits.call_timeout.is_some());
     config.max_wasm_stack(limits.max_wasm_stack_bytes);
