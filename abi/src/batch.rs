@@ -309,6 +309,10 @@ pub enum Value<'a> {
     KvList(KvIter<'a>),
 }
 
+/// Reads a section header (item count, byte length) and takes the section's bytes. Always
+/// inlined: in the wasm guest the call itself (prologue, stack and epoch checks, the cursor
+/// written back through memory) cost more than this body, 9.5% of the guest's time
+/// (BENCHMARKS.md, "The guest: wasm component vs native").
 #[inline(always)]
 fn read_section<'a>(c: &mut Cursor<'a>) -> Result<(u32, Cursor<'a>), LayoutError> {
     let count = c.u32()?;

@@ -87,7 +87,7 @@ pub fn epoch_tick(call_timeout: Duration) -> Duration {
 /// Set to `1` to have wasmtime write `/tmp/perf-<pid>.map`, so `perf report` names the guest's
 /// functions instead of showing bare JIT addresses (BENCHMARKS.md, "Profile"). Set to `jitdump`
 /// (in a build with the `profiling` feature) for a `jit-<pid>.dump` that `perf inject --jit`
-/// reads instead: right where a process compiles the guest more than once (the benches), since a
+/// reads instead; use that where a process compiles the guest more than once (the benches): a
 /// perf map cannot tell apart two modules that used the same code addresses one after the other.
 pub const PERF_MAP_ENV: &str = "TRACEKEEPER_GUEST_PERF_MAP";
 
