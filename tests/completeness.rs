@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -22,9 +22,6 @@ use tracekeeper::shard::shard_of;
 const SCOPE: &str = "checkout-demo";
 const PRODUCER_NAME: &str = "publish order_confirmed";
 const MISSING_CONSUMER: &str = "consumer:publish order_confirmed";
-/// How long to wait for a metric to reach a value (the guest sends its counts about once a
-/// second).
-const METRIC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A host keeping errors, incomplete traces and every other trace (baseline 100%, so that complete
 /// traces come out too and their tags can be checked).
@@ -269,37 +266,6 @@ fn late_tag(r: &Received) -> Option<bool> {
 
 fn keys(traces: &[&SentTrace]) -> Vec<(Vec<u8>, Vec<u8>)> {
     traces.iter().flat_map(|t| t.keys()).collect()
-}
-
-/// Polls `/metrics` until `ok` holds for the sum of `name` with `labels`; returns that sum.
-fn wait_metric(
-    host: &Host,
-    name: &str,
-    labels: &[(&str, &str)],
-    what: &str,
-    ok: impl Fn(f64) -> bool,
-) -> f64 {
-    let deadline = Instant::now() + METRIC_TIMEOUT;
-    loop {
-        let samples = scrape(host);
-        let v = metric_sum(&samples, name, labels);
-        if ok(v) && samples.iter().any(|s| s.name == name) {
-            return v;
-        }
-        if Instant::now() > deadline {
-            let related: Vec<String> = samples
-                .iter()
-                .filter(|s| s.name.starts_with("tracekeeper_"))
-                .map(|s| format!("{} {:?} {}", s.name, s.labels, s.value))
-                .collect();
-            panic!(
-                "timed out waiting for {what}: {name}{labels:?} = {v}\n{}\n--- stderr ---\n{}",
-                related.join("\n"),
-                host.stderr()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 const QUEUE: [(&str, &str); 2] = [

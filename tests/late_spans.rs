@@ -8,16 +8,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-
-/// How long to wait for the host to have counted something.
-const METRIC_TIMEOUT: Duration = Duration::from_secs(30);
-/// Poll interval of the metric waits.
-const POLL: Duration = Duration::from_millis(50);
 
 /// A host exporting to `receiver`, `decision_wait: 1s`, errors + incomplete + a 0% baseline,
 /// with the given decision cache sizes.
@@ -42,23 +35,6 @@ fn start(receiver: &Receiver, sampled: u64, non_sampled: u64) -> Host {
 fn send(rt: &tokio::runtime::Runtime, host: &Host, request: ExportTraceServiceRequest) {
     rt.block_on(grpc_export(host.ports.grpc, request))
         .unwrap_or_else(|e| panic!("export failed: {e}\n--- stderr ---\n{}", host.stderr()));
-}
-
-/// Waits until the sum of metric `name` with `labels` reaches `at_least`; returns it.
-fn wait_metric(host: &Host, name: &str, labels: &[(&str, &str)], at_least: f64) -> f64 {
-    let deadline = Instant::now() + METRIC_TIMEOUT;
-    loop {
-        let v = metric_sum(&scrape(host), name, labels);
-        if v >= at_least {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{labels:?} stayed at {v}, expected at least {at_least}\n--- stderr ---\n{}",
-            host.stderr()
-        );
-        std::thread::sleep(POLL);
-    }
 }
 
 /// A kept (error) trace of two spans, sent and exported; returns it and its root span id.
@@ -92,7 +68,7 @@ fn dropped_trace(rt: &tokio::runtime::Runtime, host: &Host) -> ([u8; 16], [u8; 8
             vec![span(&trace_id, &root, None, "browse", false)],
         ),
     );
-    wait_metric(
+    wait_metric_at_least(
         host,
         "tracekeeper_traces_decided_total",
         &[("decision", "not_sampled")],
@@ -192,8 +168,8 @@ fn late_spans_follow_the_cached_decision() {
             )],
         ),
     );
-    wait_metric(&host, "tracekeeper_spans_late_total", &[], 2.0);
-    wait_metric(
+    wait_metric_at_least(&host, "tracekeeper_spans_late_total", &[], 2.0);
+    wait_metric_at_least(
         &host,
         "tracekeeper_spans_dropped_total",
         &[("reason", "late_not_sampled")],

@@ -435,22 +435,9 @@ fn metrics_have_every_documented_name() {
     let mut sink = Sink::new(free_port());
     sink.start();
     let mut host = Host::start_yaml(ports, &yaml(&ports, sink.port, "100ms", ""));
-    let url = format!("http://127.0.0.1:{}/metrics", ports.metrics);
-    // Before any traffic, the guest's memory is already reported (bounded wait: the worker
-    // thread publishes its gauges as it starts).
-    let deadline = Instant::now() + EXPORT_TIMEOUT;
-    let idle_guest_memory = loop {
-        let text = http_client().get(&url).send().unwrap().text().unwrap();
-        let v = metric_sum(&parse_metrics(&text), "tracekeeper_guest_memory_bytes", &[]);
-        if v >= 65_536.0 || Instant::now() > deadline {
-            break v;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(
-        idle_guest_memory >= 65_536.0,
-        "tracekeeper_guest_memory_bytes before traffic = {idle_guest_memory}"
-    );
+    // Before any traffic, the guest's memory is already reported (the worker thread publishes
+    // its gauges as it starts).
+    wait_metric_at_least(&host, "tracekeeper_guest_memory_bytes", &[], 65_536.0);
     // A trace whose message is consumed (decided at once) and one whose message is not yet
     // (held for its consumer), so that the messaging families have series.
     let messaging = |s: &mut opentelemetry_proto::tonic::trace::v1::Span, kind: i32| {
@@ -480,6 +467,7 @@ fn metrics_have_every_documented_name() {
         Outcome::Accepted
     ));
     sink.wait_for(&keys, &host);
+    let url = format!("http://127.0.0.1:{}/metrics", ports.metrics);
     let families = [
         "tracekeeper_spans_dropped",
         "tracekeeper_traces",

@@ -40,6 +40,9 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a host may take to exit after SIGTERM (it must decide and export what is pending).
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a test waits for a metric to reach what it expects (the guest reports its counts
+/// about once a second).
+pub const METRIC_TIMEOUT: Duration = Duration::from_secs(30);
 /// Poll interval of the bounded waits.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -1367,4 +1370,49 @@ pub fn metric_sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f6
         })
         .map(|s| s.value)
         .sum()
+}
+
+/// Polls `/metrics` until `ok` holds for the sum of `name` with `labels` (and the family is
+/// there); returns that sum. On timeout, panics naming `what`, with the host's `tracekeeper_`
+/// series and stderr.
+pub fn wait_metric(
+    host: &Host,
+    name: &str,
+    labels: &[(&str, &str)],
+    what: &str,
+    ok: impl Fn(f64) -> bool,
+) -> f64 {
+    let deadline = Instant::now() + METRIC_TIMEOUT;
+    loop {
+        let samples = scrape(host);
+        let v = metric_sum(&samples, name, labels);
+        if ok(v) && samples.iter().any(|s| s.name == name) {
+            return v;
+        }
+        if Instant::now() > deadline {
+            let related: Vec<String> = samples
+                .iter()
+                .filter(|s| s.name.starts_with("tracekeeper_"))
+                .map(|s| format!("{} {:?} {}", s.name, s.labels, s.value))
+                .collect();
+            panic!(
+                "timed out waiting for {what}: {name}{labels:?} = {v}\n{}\n--- stderr ---\n{}",
+                related.join("\n"),
+                host.stderr()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// [`wait_metric`] until the sum reaches `at_least`.
+pub fn wait_metric_at_least(
+    host: &Host,
+    name: &str,
+    labels: &[(&str, &str)],
+    at_least: f64,
+) -> f64 {
+    wait_metric(host, name, labels, &format!("at least {at_least}"), |v| {
+        v >= at_least
+    })
 }
