@@ -151,6 +151,11 @@ struct RunArgs {
     /// `guest.workers` of this build's tracekeeper phases [default: the host's, one per three CPUs].
     #[arg(long)]
     workers: Option<u32>,
+    /// Run the compared phases (default policies, the baseline's, Rotel's) this many times in
+    /// turn and report each round's ratios and their median (one phase's CPU per span moves by
+    /// 10-20% from run to run on a shared machine).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
     /// Keep the configurations and logs of the processes under test in this directory.
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -290,6 +295,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         skip_rotel: a.no_rotel,
         workers: a.workers,
         work_dir: a.work_dir.unwrap_or_else(runner::default_work_dir),
+        rounds: a.rounds,
     };
     let result = runner::run(&cfg).await;
     match result {

@@ -73,6 +73,23 @@ pub struct RunConfig {
     pub workers: Option<u32>,
     /// Where configurations and logs go.
     pub work_dir: PathBuf,
+    /// Rounds of the compared phases (this build's default policies, the baseline's, Rotel's),
+    /// run in turn; the ratios are reported per round and as their median. At least 1.
+    pub rounds: u32,
+}
+
+/// What a phase runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PhaseKind {
+    /// This build with a keep-all policy (the loss check).
+    KeepAll,
+    /// This build with the default policies (the headline).
+    #[default]
+    Default,
+    /// The baseline binary with the default policies.
+    Baseline,
+    /// Rotel's pass-through.
+    Rotel,
 }
 
 /// What one phase measured.
@@ -80,6 +97,10 @@ pub struct RunConfig {
 pub struct Phase {
     /// Row label.
     pub name: String,
+    /// What the phase ran.
+    pub kind: PhaseKind,
+    /// The round (1-based) of a compared phase; 1 for the keep-all phase.
+    pub round: u32,
     /// Spans the process accepted.
     pub spans_accepted: u64,
     /// Accepted spans per second of load.
@@ -161,20 +182,30 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
     let epoch = Instant::now();
     let sink = Sink::start("127.0.0.1:0".parse()?, epoch).await?;
     let mut phases = Vec::new();
-    let keep_all = tracekeeper_phase(cfg, &cfg.tracekeeper, "", &workload, &sink, epoch, true);
-    phases.push(keep_all.await?);
-    tokio::time::sleep(SETTLE).await;
-    let default = tracekeeper_phase(cfg, &cfg.tracekeeper, "", &workload, &sink, epoch, false);
-    phases.push(default.await?);
-    if let Some(baseline) = &cfg.baseline {
+    let ctx = PhaseCtx {
+        cfg,
+        workload: &workload,
+        sink: &sink,
+        epoch,
+    };
+    phases.push(tracekeeper_phase(&ctx, PhaseKind::KeepAll, 1).await?);
+    let rounds = cfg.rounds.max(1);
+    for round in 1..=rounds {
         tokio::time::sleep(SETTLE).await;
-        let label = " (baseline binary)";
-        let phase = tracekeeper_phase(cfg, baseline, label, &workload, &sink, epoch, false);
-        phases.push(phase.await?);
-    }
-    if !cfg.skip_rotel {
-        tokio::time::sleep(SETTLE).await;
-        phases.push(rotel_phase(cfg, &workload, &sink, epoch).await?);
+        phases.push(tracekeeper_phase(&ctx, PhaseKind::Default, round).await?);
+        if cfg.baseline.is_some() {
+            tokio::time::sleep(SETTLE).await;
+            phases.push(tracekeeper_phase(&ctx, PhaseKind::Baseline, round).await?);
+        }
+        if !cfg.skip_rotel {
+            tokio::time::sleep(SETTLE).await;
+            let mut rotel = rotel_phase(cfg, &workload, &sink, epoch).await?;
+            rotel.round = round;
+            if rounds > 1 {
+                rotel.name = format!("{} (round {round})", rotel.name);
+            }
+            phases.push(rotel);
+        }
     }
     sink.stop().await?;
     Ok(Report {
@@ -284,6 +315,8 @@ impl Ports {
 /// One sample of the process while it runs.
 #[derive(Debug, Clone, Copy)]
 struct Point {
+    /// Time since the process was ready.
+    at: Duration,
     rss: u64,
     /// `tracekeeper_traces_in_memory`.
     traces: u64,
@@ -296,7 +329,32 @@ struct Point {
 /// Samples of the process while it runs.
 #[derive(Debug, Default)]
 struct Samples {
+    /// When the process was ready (the idle sample).
+    start: Option<Instant>,
     points: Vec<Point>,
+}
+
+impl Samples {
+    /// The samples as CSV (the first row is the idle sample, taken when the process was ready),
+    /// written to the work directory so a figure computed from them can be checked.
+    fn to_csv(&self, idle: Memory) -> String {
+        let mut s =
+            String::from("ms,rss_bytes,traces_in_memory,buffered_span_bytes,guest_memory_bytes\n");
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let _ = writeln!(s, "0,{},0,,", idle.rss);
+        for p in &self.points {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{}",
+                p.at.as_millis(),
+                p.rss,
+                p.traces,
+                opt(p.buffered_bytes),
+                opt(p.guest_memory)
+            );
+        }
+        s
+    }
 }
 
 async fn sample_tracekeeper(pid: u32, metrics_url: &str, samples: &mut Samples) {
@@ -305,7 +363,9 @@ async fn sample_tracekeeper(pid: u32, metrics_url: &str, samples: &mut Samples) 
     };
     let value = |name: &str| prometheus_value(&text, name).map(|v| v as u64);
     if let Ok(m) = procstat::process_memory(pid) {
+        let start = *samples.start.get_or_insert_with(Instant::now);
         samples.points.push(Point {
+            at: start.elapsed(),
             rss: m.rss,
             traces: value("tracekeeper_traces_in_memory").unwrap_or(0),
             buffered_bytes: value("tracekeeper_buffered_span_bytes"),
@@ -314,19 +374,41 @@ async fn sample_tracekeeper(pid: u32, metrics_url: &str, samples: &mut Samples) 
     }
 }
 
-async fn tracekeeper_phase(
-    cfg: &RunConfig,
-    binary: &Path,
-    label: &str,
-    workload: &Arc<Workload>,
-    sink: &Sink,
+/// What every phase of a run shares.
+struct PhaseCtx<'a> {
+    cfg: &'a RunConfig,
+    workload: &'a Arc<Workload>,
+    sink: &'a Sink,
     epoch: Instant,
-    keep_all: bool,
+}
+
+async fn tracekeeper_phase(
+    ctx: &PhaseCtx<'_>,
+    kind: PhaseKind,
+    round: u32,
 ) -> anyhow::Result<Phase> {
+    let PhaseCtx {
+        cfg,
+        workload,
+        sink,
+        epoch,
+    } = *ctx;
+    let keep_all = kind == PhaseKind::KeepAll;
+    let baseline = kind == PhaseKind::Baseline;
+    let binary: &Path = match (&cfg.baseline, baseline) {
+        (Some(b), true) => b,
+        _ => &cfg.tracekeeper,
+    };
+    let label = if baseline { " (baseline binary)" } else { "" };
+    let of_round = if cfg.rounds > 1 && !keep_all {
+        format!(" (round {round})")
+    } else {
+        String::new()
+    };
     let name = if keep_all {
         format!("tracekeeper{label}, keep-all (always_sample)")
     } else {
-        format!("tracekeeper{label}, default policies")
+        format!("tracekeeper{label}, default policies{of_round}")
     };
     eprintln!("phase: {name}");
     let ports = Ports::new()?;
@@ -340,10 +422,16 @@ async fn tracekeeper_phase(
     } else {
         0.0
     };
-    let tag = match (keep_all, label.is_empty()) {
-        (true, _) => "keep-all",
-        (false, true) => "default",
-        (false, false) => "baseline",
+    // Files of later rounds get the round's number: `tracekeeper-default-2.yaml`.
+    let suffix = if cfg.rounds > 1 && round > 1 {
+        format!("-{round}")
+    } else {
+        String::new()
+    };
+    let tag = match kind {
+        PhaseKind::KeepAll => "keep-all".to_string(),
+        PhaseKind::Baseline => format!("baseline{suffix}"),
+        PhaseKind::Default | PhaseKind::Rotel => format!("default{suffix}"),
     };
     let config_path = cfg.work_dir.join(format!("tracekeeper-{tag}.yaml"));
     std::fs::write(
@@ -354,7 +442,7 @@ async fn tracekeeper_phase(
             &ports,
             sink.addr(),
             buffered_traces,
-            if label.is_empty() { cfg.workers } else { None },
+            if baseline { None } else { cfg.workers },
         ),
     )?;
     let mut cmd = Command::new(binary);
@@ -380,7 +468,10 @@ async fn tracekeeper_phase(
         rate: cfg.rate,
         duration: cfg.duration,
     };
-    let mut samples = Samples::default();
+    let mut samples = Samples {
+        start: Some(Instant::now()),
+        points: Vec::new(),
+    };
     let load = {
         let load = load::run(Arc::clone(workload), &spec, epoch);
         tokio::pin!(load);
@@ -422,7 +513,13 @@ async fn tracekeeper_phase(
     let cpu = procstat::process_cpu(pid, ticks)? - cpu0;
     let mem = procstat::process_memory(pid)?;
     proc.stop()?;
+    let csv = cfg.work_dir.join(format!("tracekeeper-{tag}-samples.csv"));
+    if let Err(e) = std::fs::write(&csv, samples.to_csv(idle)) {
+        eprintln!("  could not write {}: {e}", csv.display());
+    }
     let mut phase = summarize(&name, workload, &load, sink, cpu, mem);
+    phase.kind = kind;
+    phase.round = round;
     phase.lateness_ms = lateness(workload, &load, sink, wait);
     if keep_all {
         phase.lost = Some(lost(workload, &load, sink));
@@ -491,6 +588,7 @@ async fn rotel_phase(
     let mem = procstat::process_memory(pid)?;
     proc.stop()?;
     let mut phase = summarize(name, workload, &load, sink, cpu, mem);
+    phase.kind = PhaseKind::Rotel;
     phase.lost = Some(lost(workload, &load, sink));
     phase.lateness_ms = lateness(workload, &load, sink, Duration::ZERO);
     report_phase(&phase);
@@ -604,7 +702,8 @@ fn lateness(
     Some((pct(0.5), pct(0.99), pct(1.0)))
 }
 
-/// RSS growth over idle per buffered span, at the sample with the most traces in memory.
+/// RSS growth over idle per buffered span, at the sample with the most traces in memory (the
+/// last of equals: the plateau's end, so what grows along it, such as the decision cache, counts).
 fn buffer_memory(workload: &Workload, samples: &Samples, idle: Memory) -> Option<BufferMemory> {
     let p = samples.points.iter().max_by_key(|p| p.traces)?;
     let spans = p.traces * workload.spec().spans_per_trace as u64;
@@ -614,6 +713,59 @@ fn buffer_memory(workload: &Workload, samples: &Samples, idle: Memory) -> Option
         buffer_per_span: p.buffered_bytes.map(|b| b as f64 / spans as f64),
         guest_memory: p.guest_memory,
     })
+}
+
+impl Report {
+    /// CPU per span of each round's `kind` phase over that round's `over` phase (over the floor
+    /// when `None`), in round order; rounds missing either phase are left out.
+    pub fn ratios(&self, kind: PhaseKind, over: Option<PhaseKind>) -> Vec<f64> {
+        let floor_us = self.floor.decode_encode_ns / 1000.0;
+        self.phases
+            .iter()
+            .filter(|p| p.kind == kind)
+            .filter_map(|p| {
+                let denominator = match over {
+                    None => floor_us,
+                    Some(o) => {
+                        self.phases
+                            .iter()
+                            .find(|q| q.kind == o && q.round == p.round)?
+                            .cpu_us_per_span
+                    }
+                };
+                (denominator > 0.0).then(|| p.cpu_us_per_span / denominator)
+            })
+            .collect()
+    }
+}
+
+/// The median of `v` (the mean of the two middle values for an even count); `None` when empty.
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => v.get(n / 2).copied(),
+        _ => Some((v.get(n / 2 - 1)? + v.get(n / 2)?) / 2.0),
+    }
+}
+
+/// One ratio as `1.23×`, or several (one per round) as their median followed by each round's.
+fn ratio_summary(ratios: &[f64], bold: bool) -> String {
+    let Some(m) = median(ratios) else {
+        return "n/a".to_string();
+    };
+    let b = if bold { "**" } else { "" };
+    if ratios.len() == 1 {
+        return format!("{b}{m:.2}×{b}");
+    }
+    let each: Vec<String> = ratios.iter().map(|x| format!("{x:.2}×")).collect();
+    format!(
+        "{b}{m:.2}×{b} (median of {} rounds: {})",
+        ratios.len(),
+        each.join(", ")
+    )
 }
 
 fn mib(b: u64) -> String {
@@ -703,30 +855,31 @@ pub fn render(cfg: &RunConfig, r: &Report) -> String {
         );
     }
     let _ = writeln!(s);
-    let default = r
-        .phases
-        .iter()
-        .find(|p| p.name == "tracekeeper, default policies");
-    let rotel = r.phases.iter().find(|p| p.name.starts_with("Rotel"));
-    if let Some(d) = default {
+    let floor = r.ratios(PhaseKind::Default, None);
+    if !floor.is_empty() {
         let _ = writeln!(
             s,
-            "tracekeeper (default policies) CPU/span ÷ floor: **{:.2}×** (target ≤ 1.0×, stretch 0.5×)",
-            d.cpu_us_per_span / floor_us
+            "tracekeeper (default policies) CPU/span ÷ floor: {} (target ≤ 1.0×, stretch 0.5×)",
+            ratio_summary(&floor, true)
         );
-        if let Some(rt) = rotel {
+        let rotel = r.ratios(PhaseKind::Default, Some(PhaseKind::Rotel));
+        if !rotel.is_empty() {
             let _ = writeln!(
                 s,
-                "tracekeeper (default policies) CPU/span ÷ Rotel pass-through CPU/span: **{:.2}×** (target ≤ 0.5×)",
-                d.cpu_us_per_span / rt.cpu_us_per_span
+                "tracekeeper (default policies) CPU/span ÷ Rotel pass-through CPU/span: {} (target ≤ 0.5×)",
+                ratio_summary(&rotel, true)
             );
         }
-        if let Some(b) = r.phases.iter().find(|p| p.name.contains("baseline binary")) {
+        let baseline = r.ratios(PhaseKind::Baseline, None);
+        if !baseline.is_empty() {
             let _ = writeln!(
                 s,
-                "baseline binary (default policies) CPU/span ÷ floor: {:.2}×; this build ÷ baseline: {:.2}×",
-                b.cpu_us_per_span / floor_us,
-                d.cpu_us_per_span / b.cpu_us_per_span
+                "baseline binary (default policies) CPU/span ÷ floor: {}; this build ÷ baseline: {}",
+                ratio_summary(&baseline, false),
+                ratio_summary(
+                    &r.ratios(PhaseKind::Default, Some(PhaseKind::Baseline)),
+                    false
+                )
             );
         }
     }
@@ -797,4 +950,97 @@ pub fn default_work_dir() -> PathBuf {
 /// Removes the working directory.
 pub fn clean_work_dir(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(kind: PhaseKind, round: u32, cpu_us_per_span: f64) -> Phase {
+        Phase {
+            kind,
+            round,
+            cpu_us_per_span,
+            ..Phase::default()
+        }
+    }
+
+    fn report(phases: Vec<Phase>) -> Report {
+        Report {
+            span_bytes: 361.0,
+            request_bytes: 36_552.0,
+            floor: Floor {
+                decode_ns: 1_500.0,
+                decode_encode_ns: 2_000.0,
+                spans: 1,
+            },
+            phases,
+        }
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn ratios_pair_phases_of_the_same_round() {
+        let r = report(vec![
+            phase(PhaseKind::KeepAll, 1, 9.0),
+            phase(PhaseKind::Default, 1, 2.0),
+            phase(PhaseKind::Baseline, 1, 4.0),
+            phase(PhaseKind::Rotel, 1, 8.0),
+            phase(PhaseKind::Default, 2, 3.0),
+            phase(PhaseKind::Baseline, 2, 2.0),
+            phase(PhaseKind::Rotel, 2, 6.0),
+            // A round whose Rotel phase is missing gives no ratio to Rotel.
+            phase(PhaseKind::Default, 3, 4.0),
+        ]);
+        assert_eq!(r.ratios(PhaseKind::Default, None), vec![1.0, 1.5, 2.0]);
+        assert_eq!(
+            r.ratios(PhaseKind::Default, Some(PhaseKind::Rotel)),
+            vec![0.25, 0.5]
+        );
+        assert_eq!(
+            r.ratios(PhaseKind::Default, Some(PhaseKind::Baseline)),
+            vec![0.5, 1.5]
+        );
+        assert_eq!(r.ratios(PhaseKind::Baseline, None), vec![2.0, 1.0]);
+    }
+
+    #[test]
+    fn one_round_prints_its_ratio_and_several_their_median_and_each() {
+        assert_eq!(ratio_summary(&[1.234], true), "**1.23×**");
+        assert_eq!(ratio_summary(&[1.234], false), "1.23×");
+        assert_eq!(
+            ratio_summary(&[1.3, 1.1, 1.2], true),
+            "**1.20×** (median of 3 rounds: 1.30×, 1.10×, 1.20×)"
+        );
+        assert_eq!(ratio_summary(&[], true), "n/a");
+    }
+
+    #[test]
+    fn samples_csv_starts_with_the_idle_row() {
+        let samples = Samples {
+            start: None,
+            points: vec![Point {
+                at: Duration::from_millis(200),
+                rss: 30,
+                traces: 2,
+                buffered_bytes: Some(10),
+                guest_memory: None,
+            }],
+        };
+        let csv = samples.to_csv(Memory {
+            rss: 20,
+            peak_rss: 20,
+        });
+        assert_eq!(
+            csv,
+            "ms,rss_bytes,traces_in_memory,buffered_span_bytes,guest_memory_bytes\n0,20,0,,\n200,30,2,10,\n"
+        );
+    }
 }
