@@ -4,7 +4,8 @@
 //! All with the embedded default guest and the embedded default configuration (errors,
 //! incomplete, 10% baseline), each measured with the sandbox limits on (deadline by epoch
 //! interruption, memory cap through the store limiter; the defaults of `guest:`) and off
-//! (`GuestLimits::unlimited`: no epoch checks compiled in, no limiter):
+//! (`GuestLimits::unlimited`: no epoch checks compiled in, no memory cap; the store keeps its
+//! limiter, which wasmtime consults only when memory grows):
 //! * `recreate/<limits>`: instantiate the precompiled, pre-linked component and `configure` it;
 //! * `tick/<limits>`: a `tick` with nothing due (the fixed cost of one call);
 //! * `ingest/<limits>`: one batch of 100 spans (10 traces of 10 spans) per call, the clock moved
