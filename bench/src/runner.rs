@@ -327,10 +327,10 @@ struct Point {
 }
 
 /// Samples of the process while it runs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Samples {
     /// When the process was ready (the idle sample).
-    start: Option<Instant>,
+    start: Instant,
     points: Vec<Point>,
 }
 
@@ -363,9 +363,8 @@ async fn sample_tracekeeper(pid: u32, metrics_url: &str, samples: &mut Samples) 
     };
     let value = |name: &str| prometheus_value(&text, name).map(|v| v as u64);
     if let Ok(m) = procstat::process_memory(pid) {
-        let start = *samples.start.get_or_insert_with(Instant::now);
         samples.points.push(Point {
-            at: start.elapsed(),
+            at: samples.start.elapsed(),
             rss: m.rss,
             traces: value("tracekeeper_traces_in_memory").unwrap_or(0),
             buffered_bytes: value("tracekeeper_buffered_span_bytes"),
@@ -393,6 +392,10 @@ async fn tracekeeper_phase(
         sink,
         epoch,
     } = *ctx;
+    anyhow::ensure!(
+        kind != PhaseKind::Rotel,
+        "the Rotel phase is not a tracekeeper phase"
+    );
     let keep_all = kind == PhaseKind::KeepAll;
     let baseline = kind == PhaseKind::Baseline;
     let binary: &Path = match (&cfg.baseline, baseline) {
@@ -469,7 +472,7 @@ async fn tracekeeper_phase(
         duration: cfg.duration,
     };
     let mut samples = Samples {
-        start: Some(Instant::now()),
+        start: Instant::now(),
         points: Vec::new(),
     };
     let load = {
@@ -1025,7 +1028,7 @@ mod tests {
     #[test]
     fn samples_csv_starts_with_the_idle_row() {
         let samples = Samples {
-            start: None,
+            start: Instant::now(),
             points: vec![Point {
                 at: Duration::from_millis(200),
                 rss: 30,
