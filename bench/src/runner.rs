@@ -398,9 +398,12 @@ async fn tracekeeper_phase(
     );
     let keep_all = kind == PhaseKind::KeepAll;
     let baseline = kind == PhaseKind::Baseline;
-    let binary: &Path = match (&cfg.baseline, baseline) {
-        (Some(b), true) => b,
-        _ => &cfg.tracekeeper,
+    let binary: &Path = if baseline {
+        cfg.baseline
+            .as_deref()
+            .context("a baseline phase needs a baseline binary (--baseline)")?
+    } else {
+        &cfg.tracekeeper
     };
     let label = if baseline { " (baseline binary)" } else { "" };
     let of_round = if cfg.rounds > 1 && !keep_all {
