@@ -199,12 +199,7 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<Report> {
         }
         if !cfg.skip_rotel {
             tokio::time::sleep(SETTLE).await;
-            let mut rotel = rotel_phase(cfg, &workload, &sink, epoch).await?;
-            rotel.round = round;
-            if rounds > 1 {
-                rotel.name = format!("{} (round {round})", rotel.name);
-            }
-            phases.push(rotel);
+            phases.push(rotel_phase(&ctx, round).await?);
         }
     }
     sink.stop().await?;
@@ -406,15 +401,13 @@ async fn tracekeeper_phase(
         &cfg.tracekeeper
     };
     let label = if baseline { " (baseline binary)" } else { "" };
-    let of_round = if cfg.rounds > 1 && !keep_all {
-        format!(" (round {round})")
-    } else {
-        String::new()
-    };
     let name = if keep_all {
         format!("tracekeeper{label}, keep-all (always_sample)")
     } else {
-        format!("tracekeeper{label}, default policies{of_round}")
+        format!(
+            "tracekeeper{label}, default policies{}",
+            of_round(cfg, round)
+        )
     };
     eprintln!("phase: {name}");
     let ports = Ports::new()?;
@@ -538,13 +531,23 @@ async fn tracekeeper_phase(
     Ok(phase)
 }
 
-async fn rotel_phase(
-    cfg: &RunConfig,
-    workload: &Arc<Workload>,
-    sink: &Sink,
-    epoch: Instant,
-) -> anyhow::Result<Phase> {
-    let name = "Rotel, OTLP pass-through";
+/// A compared phase's row label suffix: ` (round N)` when the run has several rounds.
+fn of_round(cfg: &RunConfig, round: u32) -> String {
+    if cfg.rounds > 1 {
+        format!(" (round {round})")
+    } else {
+        String::new()
+    }
+}
+
+async fn rotel_phase(ctx: &PhaseCtx<'_>, round: u32) -> anyhow::Result<Phase> {
+    let PhaseCtx {
+        cfg,
+        workload,
+        sink,
+        epoch,
+    } = *ctx;
+    let name = format!("Rotel, OTLP pass-through{}", of_round(cfg, round));
     eprintln!("phase: {name}");
     let rotel = procs::find_rotel(cfg.rotel.as_deref())?;
     let ports = Ports::new()?;
@@ -593,8 +596,9 @@ async fn rotel_phase(
     let cpu = procstat::process_cpu(pid, ticks)? - cpu0;
     let mem = procstat::process_memory(pid)?;
     proc.stop()?;
-    let mut phase = summarize(name, workload, &load, sink, cpu, mem);
+    let mut phase = summarize(&name, workload, &load, sink, cpu, mem);
     phase.kind = PhaseKind::Rotel;
+    phase.round = round;
     phase.lost = Some(lost(workload, &load, sink));
     phase.lateness_ms = lateness(workload, &load, sink, Duration::ZERO);
     report_phase(&phase);
