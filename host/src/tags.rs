@@ -41,6 +41,9 @@ pub struct TraceTags {
     encoded: Vec<u8>,
     /// The same plus `tracekeeper.late=true`.
     encoded_late: Vec<u8>,
+    /// The `tracestate` of a span that had none (the usual case), after [`Self::threshold`];
+    /// `None` when that leaves it empty.
+    state_for_empty: Option<String>,
 }
 
 /// How many distinct tags [`TagsInterner`] remembers.
@@ -90,6 +93,7 @@ impl TraceTags {
             extra,
             encoded: Vec::new(),
             encoded_late: Vec::new(),
+            state_for_empty: Some(rewrite_threshold("", threshold)).filter(|s| !s.is_empty()),
         };
         let mut enc = Vec::new();
         if !t.policy.is_empty() {
@@ -134,16 +138,19 @@ impl TraceTags {
         } else {
             &self.encoded
         };
+        let rewritten: String;
         let new_state = match self.threshold {
             ThresholdOp::Keep => None,
-            op => {
-                let old = current_trace_state(span);
-                let new = rewrite_threshold(old, op);
-                (new != old).then_some(new)
-            }
+            op => match current_trace_state(span) {
+                // Computed once per trace's tags, not once per span.
+                "" => self.state_for_empty.as_deref(),
+                old => {
+                    rewritten = rewrite_threshold(old, op);
+                    (rewritten != old).then_some(rewritten.as_str())
+                }
+            },
         };
         let state_len = new_state
-            .as_ref()
             .map(|s| 1 + varint_len(s.len() as u64) + s.len())
             .unwrap_or(0);
         put_len_header(out, 2, span.len() + attrs.len() + state_len);
@@ -212,9 +219,23 @@ const TH_MAX: u64 = 1 << 56;
 /// Formats a 56-bit rejection threshold as the OpenTelemetry `th` value: 14 hex digits with
 /// trailing zeros removed (`0` for "keep everything").
 pub fn format_threshold(th: u64) -> String {
-    let s = format!("{:014x}", th.min(TH_MAX - 1));
-    let t = s.trim_end_matches('0');
-    if t.is_empty() { "0".into() } else { t.into() }
+    let mut s = String::with_capacity(TH_DIGITS);
+    push_threshold(&mut s, th);
+    s
+}
+
+/// [`format_threshold`], appended to `out`.
+fn push_threshold(out: &mut String, th: u64) {
+    let th = th.min(TH_MAX - 1);
+    if th == 0 {
+        out.push('0');
+        return;
+    }
+    let digits = TH_DIGITS - (th.trailing_zeros() / 4) as usize;
+    for i in 0..digits {
+        let nibble = (th >> (4 * (TH_DIGITS - 1 - i))) & 0xf;
+        out.push(char::from_digit(nibble as u32, 16).unwrap_or('0'));
+    }
 }
 
 /// Parses a `th` value (1 to 14 hex digits, right-padded with zeros).
@@ -230,45 +251,58 @@ pub fn parse_threshold(s: &str) -> Option<u64> {
 /// `Raise(t)` never lowers an incoming threshold (equalizing); the modified `ot` entry moves to
 /// the front as W3C requires of updated entries.
 pub fn rewrite_threshold(trace_state: &str, op: ThresholdOp) -> String {
-    let mut ot: Vec<String> = Vec::new();
-    let mut others: Vec<&str> = Vec::new();
-    let mut incoming: Option<u64> = None;
-    for member in trace_state
-        .split(',')
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-    {
-        if let Some(v) = member.strip_prefix("ot=") {
-            for sub in v.split(';').filter(|s| !s.is_empty()) {
-                match sub.strip_prefix("th:") {
-                    Some(th) => incoming = parse_threshold(th),
-                    None => ot.push(sub.to_string()),
-                }
-            }
-        } else {
-            others.push(member);
-        }
-    }
     let th = match op {
         ThresholdOp::Keep => return trace_state.to_string(),
         ThresholdOp::Erase => None,
-        ThresholdOp::Raise(t) => Some(incoming.map_or(t, |i| i.max(t))),
+        ThresholdOp::Raise(t) => {
+            // The last `th` wins, as for a reader of the whole entry.
+            let incoming = ot_values(trace_state)
+                .filter_map(|v| v.strip_prefix("th:"))
+                .last()
+                .and_then(parse_threshold);
+            Some(incoming.map_or(t, |i| i.max(t)))
+        }
     };
-    if let Some(th) = th {
-        ot.insert(0, format!("th:{}", format_threshold(th)));
-    }
     let mut out = String::with_capacity(trace_state.len() + 20);
-    if !ot.is_empty() {
+    let mut ot_rest = ot_values(trace_state)
+        .filter(|v| !v.starts_with("th:"))
+        .peekable();
+    if th.is_some() || ot_rest.peek().is_some() {
         out.push_str("ot=");
-        out.push_str(&ot.join(";"));
+        if let Some(th) = th {
+            out.push_str("th:");
+            push_threshold(&mut out, th);
+        }
+        for (i, v) in ot_rest.enumerate() {
+            if i > 0 || th.is_some() {
+                out.push(';');
+            }
+            out.push_str(v);
+        }
     }
-    for m in others {
+    for m in members(trace_state).filter(|m| !m.starts_with("ot=")) {
         if !out.is_empty() {
             out.push(',');
         }
         out.push_str(m);
     }
     out
+}
+
+/// The list members of a `tracestate` (`key=value`), trimmed, empty ones skipped.
+fn members(trace_state: &str) -> impl Iterator<Item = &str> {
+    trace_state
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+}
+
+/// The sub-keys of the `ot` entries (`th:...`, `rv:...`, ...), in order.
+fn ot_values(trace_state: &str) -> impl Iterator<Item = &str> {
+    members(trace_state)
+        .filter_map(|m| m.strip_prefix("ot="))
+        .flat_map(|v| v.split(';'))
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]
@@ -342,6 +376,59 @@ mod tests {
             "ot=rv:ab"
         );
         assert_eq!(rewrite_threshold("ot=th:4", ThresholdOp::Keep), "ot=th:4");
+        // Several `ot` entries merge, the last `th` counts, other members keep their order.
+        assert_eq!(
+            rewrite_threshold(
+                " a=1 , ot=th:c;rv:01 ,b=2, ot=th:4;x:y ",
+                ThresholdOp::Raise(ours)
+            ),
+            "ot=th:8;rv:01;x:y,a=1,b=2"
+        );
+        // An unreadable incoming `th` is replaced by ours.
+        assert_eq!(
+            rewrite_threshold("ot=th:zz;rv:01", ThresholdOp::Raise(ours)),
+            "ot=th:8;rv:01"
+        );
+        assert_eq!(rewrite_threshold("a=b", ThresholdOp::Erase), "a=b");
+        assert_eq!(rewrite_threshold("", ThresholdOp::Erase), "");
+    }
+
+    /// Decodes the span `write_span` wrote (a `ScopeSpans.spans` field).
+    fn written(tags: &TraceTags, span: &Span) -> Span {
+        let mut out = Vec::new();
+        tags.write_span(&mut out, &span.encode_to_vec(), false);
+        let mut s = &out[1..];
+        let len = crate::otlp::wire::read_varint(&mut s).unwrap() as usize;
+        assert_eq!(len, s.len());
+        Span::decode(s).unwrap()
+    }
+
+    #[test]
+    fn a_span_without_tracestate_gets_the_rewrite_of_an_empty_one() {
+        let span = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: "x".into(),
+            ..Default::default()
+        };
+        let tags = |op| TraceTags::new("p".into(), None, vec![], op, false, vec![]);
+        let ours = 1u64 << 55;
+        assert_eq!(
+            written(&tags(ThresholdOp::Raise(ours)), &span).trace_state,
+            "ot=th:8"
+        );
+        assert_eq!(written(&tags(ThresholdOp::Erase), &span).trace_state, "");
+        assert_eq!(written(&tags(ThresholdOp::Keep), &span).trace_state, "");
+        // With one, it is rewritten per span.
+        let with = Span {
+            trace_state: "ot=th:c".into(),
+            ..span
+        };
+        assert_eq!(
+            written(&tags(ThresholdOp::Raise(ours)), &with).trace_state,
+            "ot=th:c"
+        );
+        assert_eq!(written(&tags(ThresholdOp::Erase), &with).trace_state, "");
     }
 
     #[test]
