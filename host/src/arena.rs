@@ -40,6 +40,7 @@
 use std::collections::VecDeque;
 
 use bytes::{BufMut, BytesMut};
+use smallvec::SmallVec;
 
 /// Bytes per chunk. About 180 spans of the reference size (361 bytes) fit in one, so a chunk's
 /// unused tail and allocation overhead are well under 1% of it; and it is under glibc's default
@@ -62,6 +63,10 @@ const OWN: u64 = u64::MAX;
 
 /// A trace's run of records in one chunk, or one large span in an allocation of its own.
 ///
+/// A trace's segments: the first inline (a trace whose spans came in one request has one), the
+/// rest in an allocation of their own.
+pub type Segments = SmallVec<[Segment; 1]>;
+
 /// In a chunk, records are `[len: u16 LE][group: u16 LE][len bytes of span]`, back to back; in an
 /// allocation of its own, `[group: u16 LE][span]`.
 #[derive(Debug)]
@@ -179,9 +184,9 @@ impl Default for ChunkArena {
     }
 }
 
-/// Pushes onto a vector, growing it by half (not doubling) when full: a trace's segment and group
-/// lists are short, and their spare capacity is memory per buffered trace.
-fn push_compact<T>(v: &mut Vec<T>, x: T) {
+/// Pushes onto a trace's segment list, growing it by half (not doubling) when full: the lists
+/// are short, and their spare capacity is memory per buffered trace.
+fn push_compact(v: &mut Segments, x: Segment) {
     if v.len() == v.capacity() {
         v.reserve_exact((v.len() / 2).max(1));
     }
@@ -195,7 +200,7 @@ impl ChunkArena {
     }
 
     /// Appends one span (under group index `group` of its trace) to a trace's `segments`.
-    pub fn append(&mut self, segments: &mut Vec<Segment>, group: u16, span: &[u8]) {
+    pub fn append(&mut self, segments: &mut Segments, group: u16, span: &[u8]) {
         let len = match u16::try_from(span.len()) {
             Ok(len) if span.len() <= MAX_CHUNKED_SPAN => len,
             _ => {
@@ -310,7 +315,7 @@ mod tests {
     #[test]
     fn consecutive_spans_of_a_trace_share_one_segment() {
         let mut a = ChunkArena::new();
-        let mut t = Vec::new();
+        let mut t = Segments::new();
         a.append(&mut t, 0, b"one");
         a.append(&mut t, 1, b"");
         a.append(&mut t, 0, b"three");
@@ -331,7 +336,7 @@ mod tests {
     #[test]
     fn interleaved_traces_get_a_segment_per_run() {
         let mut a = ChunkArena::new();
-        let (mut x, mut y) = (Vec::new(), Vec::new());
+        let (mut x, mut y) = (Segments::new(), Segments::new());
         a.append(&mut x, 0, b"x1");
         a.append(&mut x, 0, b"x2");
         a.append(&mut y, 0, b"y1");
@@ -349,7 +354,7 @@ mod tests {
     #[test]
     fn large_spans_get_their_own_allocation() {
         let mut a = ChunkArena::new();
-        let mut t = Vec::new();
+        let mut t = Segments::new();
         let big = vec![7u8; MAX_CHUNKED_SPAN + 1];
         let huge = vec![9u8; 3 * CHUNK_BYTES];
         a.append(&mut t, 0, b"small");
@@ -372,7 +377,7 @@ mod tests {
     #[test]
     fn a_span_that_does_not_fit_starts_a_new_chunk() {
         let mut a = ChunkArena::new();
-        let mut t = Vec::new();
+        let mut t = Segments::new();
         let span = [5u8; 1000];
         let per_chunk = CHUNK_BYTES / (RECORD_HEADER + span.len());
         for _ in 0..per_chunk + 1 {
@@ -387,10 +392,10 @@ mod tests {
     #[test]
     fn counts_of_freed_chunks_are_dropped() {
         let mut a = ChunkArena::new();
-        let mut traces: VecDeque<Vec<Segment>> = VecDeque::new();
+        let mut traces: VecDeque<Segments> = VecDeque::new();
         // FIFO steady state: 200 traces of 10 spans held, 20 000 written (about 1 100 chunks).
         for i in 0..20_000u32 {
-            let mut t = Vec::new();
+            let mut t = Segments::new();
             for _ in 0..10 {
                 a.append(&mut t, 0, &[i as u8; 361]);
             }
@@ -415,11 +420,11 @@ mod tests {
     #[test]
     fn released_segments_still_read_after_the_arena_moves_on() {
         let mut a = ChunkArena::new();
-        let mut t = Vec::new();
+        let mut t = Segments::new();
         a.append(&mut t, 0, b"kept bytes");
         a.release(&t);
         for _ in 0..1000 {
-            let mut other = Vec::new();
+            let mut other = Segments::new();
             a.append(&mut other, 0, &[0u8; 1000]);
             a.release(&other);
         }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use hashbrown::{HashMap, HashSet};
 use tracekeeper_abi::TraceId;
 
-use crate::arena::{ChunkArena, Segment, SegmentSpans};
+use smallvec::SmallVec;
+
+use crate::arena::{ChunkArena, Segment, SegmentSpans, Segments};
 use crate::otlp::request::Group;
 use crate::tags::TraceTags;
 
@@ -16,8 +18,10 @@ use crate::tags::TraceTags;
 /// removed entry keeps its pieces of them alive until it is dropped.
 #[derive(Debug, Default)]
 pub struct TraceEntry {
-    segments: Vec<Segment>,
-    groups: Vec<Arc<Group>>,
+    segments: Segments,
+    /// Most traces reference one group: it is held inline, like the first segment, so a trace
+    /// from one request costs one allocation (its boxed entry) besides its span bytes.
+    groups: SmallVec<[Arc<Group>; 1]>,
     spans: usize,
 }
 
@@ -31,7 +35,7 @@ impl TraceEntry {
         let g = match self.groups.iter().rposition(|g| Arc::ptr_eq(g, group)) {
             Some(i) => i,
             None if self.groups.len() < MAX_GROUPS_PER_TRACE => {
-                // Most traces reference one group: start with one slot, then double.
+                // Past the inline one: one more slot, then double.
                 if self.groups.len() == self.groups.capacity() {
                     self.groups.reserve_exact(self.groups.len().max(1));
                 }
@@ -59,10 +63,9 @@ impl TraceEntry {
         self.spans == 0
     }
 
-    /// Bytes of the entry's lists (segments and groups).
+    /// Bytes of the entry's lists (segments and groups) outside the entry itself.
     fn bookkeeping(&self) -> usize {
-        self.segments.capacity() * std::mem::size_of::<Segment>()
-            + self.groups.capacity() * std::mem::size_of::<Arc<Group>>()
+        spilled_bytes(&self.segments) + spilled_bytes(&self.groups)
     }
 
     /// This trace's share of the memory held: its span bytes with their record headers, plus
@@ -85,6 +88,15 @@ impl TraceEntry {
     }
 }
 
+/// Bytes of a list's own allocation (0 while its items fit inline).
+fn spilled_bytes<A: smallvec::Array>(v: &SmallVec<A>) -> usize {
+    if v.spilled() {
+        v.capacity() * std::mem::size_of::<A::Item>()
+    } else {
+        0
+    }
+}
+
 /// Bytes of one buffered trace's entry (boxed in the map), counted in [`TraceBuffer::bytes`].
 const ENTRY_BYTES: usize = std::mem::size_of::<TraceEntry>();
 
@@ -93,7 +105,7 @@ const ENTRY_BYTES: usize = std::mem::size_of::<TraceEntry>();
 pub struct TraceBuffer {
     /// Boxed: hashbrown grows its table when deletions use up its free slots while it is more
     /// than half full, which a steady churn of traces does; the table then holds twice the
-    /// slots it needs, and a slot of 16 + 8 bytes costs less than one of 16 + 56.
+    /// slots it needs, and a slot of 16 + 8 bytes costs less than one of 16 + 80.
     traces: HashMap<TraceId, Box<TraceEntry>>,
     order: VecDeque<TraceId>,
     /// The span bytes of every buffered trace.
