@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use tracekeeper_abi::{Completeness, ThresholdOp};
+use tracekeeper_abi::{Completeness, DecisionRecord, ThresholdOp};
 
 use crate::otlp::request::span_field as sf;
 use crate::otlp::wire::{Fields, put_len_field, put_len_header, varint_len};
@@ -65,6 +65,41 @@ impl TagsInterner {
         if let Some(same) = self.recent.iter().flatten().find(|t| ***t == tags) {
             return Arc::clone(same);
         }
+        self.remember(tags)
+    }
+
+    /// The tags of a trace the guest kept with `rec`: an equal one handed out recently, else new
+    /// ones. They are built (strings copied, attributes encoded) only in the second case, so
+    /// the usual keep allocates nothing.
+    pub fn for_decision(&mut self, rec: &DecisionRecord<'_>) -> Arc<TraceTags> {
+        let same = |t: &TraceTags| {
+            t.policy == rec.policy
+                && t.completeness == Some(rec.completeness)
+                && t.threshold == rec.threshold
+                && !t.fail_open
+                && t.missing.iter().map(String::as_str).eq(rec.missing())
+                && t.extra
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .eq(rec.extra_attributes())
+        };
+        if let Some(found) = self.recent.iter().flatten().find(|t| same(t)) {
+            return Arc::clone(found);
+        }
+        self.remember(TraceTags::new(
+            rec.policy.to_string(),
+            Some(rec.completeness),
+            rec.missing().map(str::to_string).collect(),
+            rec.threshold,
+            false,
+            rec.extra_attributes()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ))
+    }
+
+    /// Hands out `tags`, remembered in place of the oldest.
+    fn remember(&mut self, tags: TraceTags) -> Arc<TraceTags> {
         let tags = Arc::new(tags);
         if let Some(slot) = self.recent.get_mut(self.next) {
             *slot = Some(Arc::clone(&tags));
@@ -341,6 +376,102 @@ mod tests {
         let e = interner.intern(make("baseline", Vec::new()));
         assert!(!Arc::ptr_eq(&a, &e));
         assert_eq!(*a, *e);
+    }
+
+    #[test]
+    fn tags_for_a_decision_are_built_once_and_equal_those_built_from_its_fields() {
+        use tracekeeper_abi::{Decision, DecisionReader, DecisionWriter, TraceId};
+        let mut w = DecisionWriter::new();
+        let raise = ThresholdOp::Raise(1 << 55);
+        let (c, i) = (Completeness::Complete, Completeness::Incomplete);
+        w.push(
+            TraceId([1; 16]),
+            Decision::Sampled,
+            c,
+            raise,
+            "baseline",
+            [],
+            &[],
+        );
+        w.push(
+            TraceId([2; 16]),
+            Decision::Sampled,
+            c,
+            raise,
+            "baseline",
+            [],
+            &[],
+        );
+        w.push(
+            TraceId([3; 16]),
+            Decision::Sampled,
+            i,
+            raise,
+            "baseline",
+            ["root"],
+            &[],
+        );
+        w.push(
+            TraceId([4; 16]),
+            Decision::Sampled,
+            i,
+            raise,
+            "baseline",
+            ["root"],
+            &[("k", "v")],
+        );
+        w.push(
+            TraceId([5; 16]),
+            Decision::Sampled,
+            i,
+            ThresholdOp::Keep,
+            "errors",
+            ["root"],
+            &[],
+        );
+        let bytes = w.finish(0);
+        let recs: Vec<_> = DecisionReader::new(&bytes)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut interner = TagsInterner::default();
+        let tags: Vec<_> = recs.iter().map(|r| interner.for_decision(r)).collect();
+        assert!(
+            Arc::ptr_eq(&tags[0], &tags[1]),
+            "equal decisions share their tags"
+        );
+        for (k, t) in tags.iter().enumerate().skip(1) {
+            for u in &tags[k + 1..] {
+                assert!(!Arc::ptr_eq(t, u), "{t:?} and {u:?} differ");
+            }
+        }
+        for (r, t) in recs.iter().zip(&tags) {
+            let built = TraceTags::new(
+                r.policy.to_string(),
+                Some(r.completeness),
+                r.missing().map(str::to_string).collect(),
+                r.threshold,
+                false,
+                r.extra_attributes()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+            assert_eq!(**t, built);
+        }
+        // What `intern` handed out is found for an equal decision, and the reverse.
+        let mut interner = TagsInterner::default();
+        let a = interner.intern(TraceTags::new(
+            "baseline".into(),
+            Some(c),
+            Vec::new(),
+            raise,
+            false,
+            Vec::new(),
+        ));
+        assert!(Arc::ptr_eq(&a, &interner.for_decision(&recs[0])));
+        // A fail-open keep is never an equal of a guest's decision.
+        let f = interner.intern(TraceTags::fail_open());
+        assert!(!Arc::ptr_eq(&f, &interner.for_decision(&recs[0])));
     }
 
     #[test]

@@ -51,6 +51,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use hashbrown::HashSet;
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tracekeeper_abi::{Decision, DecisionReader, TraceId};
 
@@ -323,6 +324,7 @@ pub struct Worker {
     cache: DecisionCache,
     /// Shares the tags of kept traces that are tagged alike (in the decision cache).
     interner: TagsInterner,
+    decided: DecidedCounters,
     builder: ExportBuilder,
     builder_bytes: usize,
     /// Host time (Unix ns) the oldest span in `builder` was added (0 when empty).
@@ -343,6 +345,40 @@ pub struct Worker {
     pressure: Arc<Pressure>,
     /// Decision latencies (seconds) waiting for their spans to be handed to the exporter.
     latencies: Vec<f64>,
+}
+
+/// Most `(decision, policy)` counters [`DecidedCounters`] keeps at hand; past them (a guest
+/// naming ever new policies) the family is looked up each time, as before.
+const MAX_DECIDED_COUNTERS: usize = 64;
+
+/// The worker's handles on `tracekeeper_traces_decided_total{decision,policy}`. Looking a
+/// counter up in its family takes an owned label set (the policy name copied) and a hash per
+/// decided trace; the handles found once are kept, and share the family's counters.
+#[derive(Debug, Default)]
+struct DecidedCounters {
+    known: Vec<(&'static str, Box<str>, Counter)>,
+}
+
+impl DecidedCounters {
+    /// Counts one trace decided `decision` by `policy`.
+    fn inc(&mut self, metrics: &Metrics, decision: &'static str, policy: &str) {
+        if let Some((_, _, c)) = self
+            .known
+            .iter()
+            .find(|(d, p, _)| *d == decision && **p == *policy)
+        {
+            c.inc();
+            return;
+        }
+        let c = metrics.traces_decided.get_or_create(&DecisionLabels {
+            decision,
+            policy: policy.to_string(),
+        });
+        c.inc();
+        if self.known.len() < MAX_DECIDED_COUNTERS {
+            self.known.push((decision, policy.into(), c.clone()));
+        }
+    }
 }
 
 impl std::fmt::Debug for Worker {
@@ -433,6 +469,7 @@ impl Worker {
             states,
             cache: DecisionCache::new(settings.sampled_cache, settings.non_sampled_cache),
             interner: TagsInterner::default(),
+            decided: DecidedCounters::default(),
             due_age: shortest_decision_wait(&settings.guest_config),
             module,
             settings,
@@ -921,27 +958,13 @@ impl Worker {
                 unknown += 1;
                 continue;
             };
-            self.metrics
-                .traces_decided
-                .get_or_create(&DecisionLabels {
-                    decision: rec.decision.as_str(),
-                    policy: rec.policy.to_string(),
-                })
-                .inc();
+            self.decided
+                .inc(&self.metrics, rec.decision.as_str(), rec.policy);
             if due != 0 {
                 self.latencies.push(due as f64);
             }
             if rec.decision == Decision::Sampled {
-                let tags = self.interner.intern(TraceTags::new(
-                    rec.policy.to_string(),
-                    Some(rec.completeness),
-                    rec.missing().map(str::to_string).collect(),
-                    rec.threshold,
-                    false,
-                    rec.extra_attributes()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ));
+                let tags = self.interner.for_decision(&rec);
                 for (group, span) in entry.spans() {
                     self.add_to_export(group, span, &tags, false);
                 }
@@ -1166,13 +1189,7 @@ impl Worker {
             let Some(entry) = self.buffer.remove(id) else {
                 continue;
             };
-            self.metrics
-                .traces_decided
-                .get_or_create(&DecisionLabels {
-                    decision: "fail_open",
-                    policy: String::new(),
-                })
-                .inc();
+            self.decided.inc(&self.metrics, "fail_open", "");
             for (group, span) in entry.spans() {
                 self.add_to_export(group, span, &tags, false);
             }
@@ -1267,6 +1284,39 @@ impl Worker {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decided_counters_count_in_the_family_whether_kept_at_hand_or_not() {
+        let metrics = Metrics::new();
+        let mut decided = DecidedCounters::default();
+        let get = |decision: &'static str, policy: &str| {
+            metrics
+                .traces_decided
+                .get_or_create(&DecisionLabels {
+                    decision,
+                    policy: policy.to_string(),
+                })
+                .get()
+        };
+        decided.inc(&metrics, "sampled", "errors");
+        decided.inc(&metrics, "sampled", "errors");
+        decided.inc(&metrics, "not_sampled", "errors");
+        decided.inc(&metrics, "fail_open", "");
+        assert_eq!(get("sampled", "errors"), 2);
+        assert_eq!(get("not_sampled", "errors"), 1);
+        assert_eq!(get("fail_open", ""), 1);
+        assert_eq!(decided.known.len(), 3);
+        // Past the handles kept, counting still goes to the family.
+        for n in 0..MAX_DECIDED_COUNTERS {
+            decided.inc(&metrics, "sampled", &format!("p{n}"));
+        }
+        assert_eq!(decided.known.len(), MAX_DECIDED_COUNTERS);
+        let last = format!("p{}", MAX_DECIDED_COUNTERS - 1);
+        decided.inc(&metrics, "sampled", &last);
+        assert_eq!(get("sampled", &last), 2);
+        decided.inc(&metrics, "sampled", "errors");
+        assert_eq!(get("sampled", "errors"), 3);
+    }
 
     #[test]
     fn shortest_wait_comes_from_tail_sampling() {
