@@ -61,12 +61,12 @@ const OWN_HEADER: usize = 2;
 /// The `chunk` of a segment that is an allocation of its own (one span).
 const OWN: u64 = u64::MAX;
 
-/// A trace's run of records in one chunk, or one large span in an allocation of its own.
-///
 /// A trace's segments: the first inline (a trace whose spans came in one request has one), the
 /// rest in an allocation of their own.
 pub type Segments = SmallVec<[Segment; 1]>;
 
+/// A trace's run of records in one chunk, or one large span in an allocation of its own.
+///
 /// In a chunk, records are `[len: u16 LE][group: u16 LE][len bytes of span]`, back to back; in an
 /// allocation of its own, `[group: u16 LE][span]`.
 #[derive(Debug)]

@@ -324,6 +324,7 @@ pub struct Worker {
     cache: DecisionCache,
     /// Shares the tags of kept traces that are tagged alike (in the decision cache).
     interner: TagsInterner,
+    /// `tracekeeper_traces_decided_total`'s counters, at hand.
     decided: DecidedCounters,
     builder: ExportBuilder,
     builder_bytes: usize,
