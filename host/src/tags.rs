@@ -381,54 +381,30 @@ mod tests {
     #[test]
     fn tags_for_a_decision_are_built_once_and_equal_those_built_from_its_fields() {
         use tracekeeper_abi::{Decision, DecisionReader, DecisionWriter, TraceId};
-        let mut w = DecisionWriter::new();
         let raise = ThresholdOp::Raise(1 << 55);
         let (c, i) = (Completeness::Complete, Completeness::Incomplete);
-        w.push(
-            TraceId([1; 16]),
-            Decision::Sampled,
-            c,
-            raise,
-            "baseline",
-            [],
-            &[],
-        );
-        w.push(
-            TraceId([2; 16]),
-            Decision::Sampled,
-            c,
-            raise,
-            "baseline",
-            [],
-            &[],
-        );
-        w.push(
-            TraceId([3; 16]),
-            Decision::Sampled,
-            i,
-            raise,
-            "baseline",
-            ["root"],
-            &[],
-        );
-        w.push(
-            TraceId([4; 16]),
-            Decision::Sampled,
-            i,
-            raise,
-            "baseline",
-            ["root"],
-            &[("k", "v")],
-        );
-        w.push(
-            TraceId([5; 16]),
-            Decision::Sampled,
-            i,
-            ThresholdOp::Keep,
-            "errors",
-            ["root"],
-            &[],
-        );
+        let cases: [(Completeness, ThresholdOp, &str, &[&str], &[(&str, &str)]); 5] = [
+            (c, raise, "baseline", &[], &[]),
+            (c, raise, "baseline", &[], &[]),
+            (i, raise, "baseline", &["root"], &[]),
+            (i, raise, "baseline", &["root"], &[("k", "v")]),
+            (i, ThresholdOp::Keep, "errors", &["root"], &[]),
+        ];
+        let mut w = DecisionWriter::new();
+        for (n, (completeness, threshold, policy, missing, extra)) in cases.into_iter().enumerate()
+        {
+            let id = TraceId([n as u8; 16]);
+            let missing = missing.iter().copied();
+            w.push(
+                id,
+                Decision::Sampled,
+                completeness,
+                threshold,
+                policy,
+                missing,
+                extra,
+            );
+        }
         let bytes = w.finish(0);
         let recs: Vec<_> = DecisionReader::new(&bytes)
             .unwrap()
