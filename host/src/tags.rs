@@ -383,7 +383,15 @@ mod tests {
         use tracekeeper_abi::{Decision, DecisionReader, DecisionWriter, TraceId};
         let raise = ThresholdOp::Raise(1 << 55);
         let (c, i) = (Completeness::Complete, Completeness::Incomplete);
-        let cases: [(Completeness, ThresholdOp, &str, &[&str], &[(&str, &str)]); 5] = [
+        // Completeness, threshold, policy, missing, extra attributes.
+        type Case = (
+            Completeness,
+            ThresholdOp,
+            &'static str,
+            &'static [&'static str],
+            &'static [(&'static str, &'static str)],
+        );
+        let cases: [Case; 5] = [
             (c, raise, "baseline", &[], &[]),
             (c, raise, "baseline", &[], &[]),
             (i, raise, "baseline", &["root"], &[]),
@@ -421,18 +429,19 @@ mod tests {
                 assert!(!Arc::ptr_eq(t, u), "{t:?} and {u:?} differ");
             }
         }
-        for (r, t) in recs.iter().zip(&tags) {
-            let built = TraceTags::new(
-                r.policy.to_string(),
-                Some(r.completeness),
-                r.missing().map(str::to_string).collect(),
-                r.threshold,
+        // Each is what the case's own fields build.
+        for ((completeness, threshold, policy, missing, extra), t) in cases.into_iter().zip(&tags) {
+            let owned = |s: &&str| s.to_string();
+            let pairs = extra.iter().map(|(k, v)| (owned(k), owned(v))).collect();
+            let expected = TraceTags::new(
+                policy.into(),
+                Some(completeness),
+                missing.iter().map(owned).collect(),
+                threshold,
                 false,
-                r.extra_attributes()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                pairs,
             );
-            assert_eq!(**t, built);
+            assert_eq!(**t, expected);
         }
         // What `intern` handed out is found for an equal decision, and the reverse.
         let mut interner = TagsInterner::default();
@@ -500,10 +509,21 @@ mod tests {
         assert_eq!(rewrite_threshold("", ThresholdOp::Erase), "");
     }
 
-    /// Decodes the span `write_span` wrote (a `ScopeSpans.spans` field).
-    fn written(tags: &TraceTags, span: &Span) -> Span {
+    /// A span with this `tracestate`.
+    fn span(trace_state: &str) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            trace_state: trace_state.into(),
+            name: "x".into(),
+            ..Default::default()
+        }
+    }
+
+    /// Decodes the span `write_span` wrote (a `ScopeSpans.spans` field: tag byte, length, span).
+    fn written(tags: &TraceTags, span: &Span, late: bool) -> Span {
         let mut out = Vec::new();
-        tags.write_span(&mut out, &span.encode_to_vec(), false);
+        tags.write_span(&mut out, &span.encode_to_vec(), late);
         let mut s = &out[1..];
         let len = crate::otlp::wire::read_varint(&mut s).unwrap() as usize;
         assert_eq!(len, s.len());
@@ -512,41 +532,19 @@ mod tests {
 
     #[test]
     fn a_span_without_tracestate_gets_the_rewrite_of_an_empty_one() {
-        let span = Span {
-            trace_id: vec![1; 16],
-            span_id: vec![2; 8],
-            name: "x".into(),
-            ..Default::default()
-        };
         let tags = |op| TraceTags::new("p".into(), None, vec![], op, false, vec![]);
-        let ours = 1u64 << 55;
-        assert_eq!(
-            written(&tags(ThresholdOp::Raise(ours)), &span).trace_state,
-            "ot=th:8"
-        );
-        assert_eq!(written(&tags(ThresholdOp::Erase), &span).trace_state, "");
-        assert_eq!(written(&tags(ThresholdOp::Keep), &span).trace_state, "");
+        let state = |op, old: &str| written(&tags(op), &span(old), false).trace_state;
+        let raise = ThresholdOp::Raise(1u64 << 55);
+        assert_eq!(state(raise, ""), "ot=th:8");
+        assert_eq!(state(ThresholdOp::Erase, ""), "");
+        assert_eq!(state(ThresholdOp::Keep, ""), "");
         // With one, it is rewritten per span.
-        let with = Span {
-            trace_state: "ot=th:c".into(),
-            ..span
-        };
-        assert_eq!(
-            written(&tags(ThresholdOp::Raise(ours)), &with).trace_state,
-            "ot=th:c"
-        );
-        assert_eq!(written(&tags(ThresholdOp::Erase), &with).trace_state, "");
+        assert_eq!(state(raise, "ot=th:c"), "ot=th:c");
+        assert_eq!(state(ThresholdOp::Erase, "ot=th:c"), "");
     }
 
     #[test]
     fn appended_tags_decode_as_attributes() {
-        let span = Span {
-            trace_id: vec![1; 16],
-            span_id: vec![2; 8],
-            trace_state: "ot=th:4".into(),
-            name: "x".into(),
-            ..Default::default()
-        };
         let tags = TraceTags::new(
             "baseline".into(),
             Some(Completeness::Incomplete),
@@ -555,13 +553,7 @@ mod tests {
             false,
             vec![],
         );
-        let mut out = Vec::new();
-        tags.write_span(&mut out, &span.encode_to_vec(), true);
-        // `out` is a ScopeSpans `spans` field: tag byte, length, span.
-        let mut s = &out[1..];
-        let len = crate::otlp::wire::read_varint(&mut s).unwrap() as usize;
-        assert_eq!(len, s.len());
-        let decoded = Span::decode(s).unwrap();
+        let decoded = written(&tags, &span("ot=th:4"), true);
         assert_eq!(decoded.trace_state, "ot=th:8");
         let get = |k: &str| {
             decoded
