@@ -1326,47 +1326,54 @@ fn hpack(name: &str, value: &str) -> Vec<u8> {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Reads HTTP/2 frames until the server ends stream 1 (HEADERS with END_STREAM, or RST_STREAM),
-/// sends GOAWAY or closes the connection; says which. Fails after [`STALL_BOUND`] (a hang).
-fn h2_end_of_stream_1(stream: &mut TcpStream) -> &'static str {
+/// Reads the next HTTP/2 frame from the server: (type, flags, stream id, payload), or `None`
+/// once it closed or reset the connection. `got` keeps what was read past the frame. Fails after
+/// [`STALL_BOUND`] without a frame (`what` says what was waited for).
+fn next_h2_frame(
+    stream: &mut TcpStream,
+    got: &mut Vec<u8>,
+    what: &str,
+) -> Option<(u8, u8, u32, Vec<u8>)> {
     stream.set_read_timeout(Some(STALL_BOUND)).unwrap();
-    let mut got: Vec<u8> = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        while got.len() >= 9 {
+        if got.len() >= 9 {
             let len = u32::from_be_bytes([0, got[0], got[1], got[2]]) as usize;
-            if got.len() < 9 + len {
-                break;
-            }
-            let (kind, flags) = (got[3], got[4]);
-            let id = u32::from_be_bytes([got[5], got[6], got[7], got[8]]) & 0x7fff_ffff;
-            got.drain(..9 + len);
-            match (kind, id) {
-                (1, 1) if flags & 0x1 != 0 => return "trailers",
-                (3, 1) => return "reset",
-                (7, _) => return "goaway",
-                _ => {}
+            if got.len() >= 9 + len {
+                let (kind, flags) = (got[3], got[4]);
+                let id = u32::from_be_bytes([got[5], got[6], got[7], got[8]]) & 0x7fff_ffff;
+                let payload = got[9..9 + len].to_vec();
+                got.drain(..9 + len);
+                return Some((kind, flags, id, payload));
             }
         }
-        match read_before_stall_bound(stream, &mut buf, "a stalled gRPC request") {
-            0 => return "closed",
+        match read_before_stall_bound(stream, &mut buf, what) {
+            0 => return None,
             n => got.extend_from_slice(&buf[..n]),
         }
     }
 }
 
-#[test]
-fn grpc_slowloris_clients_are_cut_off_and_harm_no_one() {
-    let (receiver, mut host) = start();
-    let port = host.ports.grpc;
-    let stop = Arc::new(AtomicBool::new(false));
-    let good = good_client(&host, stop.clone());
+/// Reads HTTP/2 frames until the server ends stream 1 (HEADERS with END_STREAM, or RST_STREAM),
+/// sends GOAWAY or closes the connection; says which, and whether a DATA frame (a response
+/// message) came on stream 1 before. `got` holds what was read and not yet parsed. Fails after
+/// [`STALL_BOUND`] (a hang).
+fn h2_end_of_stream_1(stream: &mut TcpStream, got: &mut Vec<u8>) -> (&'static str, bool) {
+    let mut data = false;
+    while let Some((kind, flags, id, _)) = next_h2_frame(stream, got, "a gRPC request") {
+        match (kind, id) {
+            (0, 1) => data = true,
+            (1, 1) if flags & 0x1 != 0 => return ("trailers", data),
+            (3, 1) => return ("reset", data),
+            (7, _) => return ("goaway", data),
+            _ => {}
+        }
+    }
+    ("closed", data)
+}
 
-    // A connection that sends nothing, and one that stops inside the HTTP/2 preface: closed.
-    assert_eq!(stall(port, b""), None, "a silent connection");
-    assert_eq!(stall(port, &H2_PREFACE[..16]), None, "half a preface");
-
-    // A whole request's headers, then a message that stops half-way: the request is ended.
+/// The HEADERS block of a gRPC `Export` call (HPACK literals).
+fn grpc_export_headers() -> Vec<u8> {
     let mut headers = Vec::new();
     for (k, v) in [
         (":method", "POST"),
@@ -1381,13 +1388,35 @@ fn grpc_slowloris_clients_are_cut_off_and_harm_no_one() {
     ] {
         headers.extend(hpack(k, v));
     }
-    let message = valid_request();
+    headers
+}
+
+/// `message` framed as an uncompressed gRPC message.
+fn grpc_message(message: &[u8]) -> Vec<u8> {
     let mut data = vec![0u8];
     data.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    data.extend_from_slice(&message[..message.len() / 2]);
+    data.extend_from_slice(message);
+    data
+}
+
+#[test]
+fn grpc_slowloris_clients_are_cut_off_and_harm_no_one() {
+    let (receiver, mut host) = start();
+    let port = host.ports.grpc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = good_client(&host, stop.clone());
+
+    // A connection that sends nothing, and one that stops inside the HTTP/2 preface: closed.
+    assert_eq!(stall(port, b""), None, "a silent connection");
+    assert_eq!(stall(port, &H2_PREFACE[..16]), None, "half a preface");
+
+    // A whole request's headers, then a message that stops half-way: the request is ended.
+    let message = valid_request();
+    let mut data = grpc_message(&message);
+    data.truncate(5 + message.len() / 2);
     let mut bytes = H2_PREFACE.to_vec();
     bytes.extend(h2_frame(4, 0, 0, &[])); // SETTINGS
-    bytes.extend(h2_frame(1, 0x4, 1, &headers)); // HEADERS, END_HEADERS
+    bytes.extend(h2_frame(1, 0x4, 1, &grpc_export_headers())); // HEADERS, END_HEADERS
     bytes.extend(h2_frame(0, 0, 1, &data)); // DATA, stream left open
     let stalled: Vec<_> = (0..10)
         .map(|_| {
@@ -1396,17 +1425,110 @@ fn grpc_slowloris_clients_are_cut_off_and_harm_no_one() {
                 let addr = SocketAddr::from(([127, 0, 0, 1], port));
                 let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
                 stream.write_all(&bytes).unwrap();
-                h2_end_of_stream_1(&mut stream)
+                h2_end_of_stream_1(&mut stream, &mut Vec::new())
             })
         })
         .collect();
     for s in stalled {
-        let end = s.join().unwrap();
+        let (end, _) = s.join().unwrap();
         assert!(
             matches!(end, "trailers" | "reset" | "goaway" | "closed"),
             "{end}"
         );
     }
+
+    host.assert_healthy();
+    good_client_lost_nothing(&mut host, &receiver, &stop, good);
+}
+
+/// The server's first SETTINGS frame on a new gRPC connection to `port`, after sending the
+/// preface and empty SETTINGS; returns the connection (the server's SETTINGS not yet
+/// acknowledged), what was read past the frame, and the advertised SETTINGS_MAX_FRAME_SIZE.
+fn h2_connect(port: u16) -> (TcpStream, Vec<u8>, Option<u32>) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    let mut bytes = H2_PREFACE.to_vec();
+    bytes.extend(h2_frame(4, 0, 0, &[]));
+    stream.write_all(&bytes).unwrap();
+    let mut got = Vec::new();
+    let (kind, flags, id, payload) = next_h2_frame(&mut stream, &mut got, "the server's SETTINGS")
+        .expect("the server's SETTINGS");
+    assert_eq!(
+        (kind, flags, id),
+        (4, 0, 0),
+        "the server's first frame is its SETTINGS"
+    );
+    let max_frame = payload
+        .as_chunks::<6>()
+        .0
+        .iter()
+        .find(|e| e[..2] == [0, 5])
+        .map(|e| u32::from_be_bytes([e[2], e[3], e[4], e[5]]));
+    (stream, got, max_frame)
+}
+
+/// The gRPC receiver lets clients send frames of up to `GRPC_MAX_FRAME_BYTES` (HTTP/2's default
+/// is 16 KiB), so a request of that size is read in one frame: such a request is answered with
+/// a response message and its spans are exported. A frame over the limit ends its connection
+/// with FRAME_SIZE_ERROR, and a client sending at the same time loses nothing.
+#[test]
+fn grpc_frames_up_to_the_advertised_size_are_read_and_larger_ones_refused() {
+    use tracekeeper::receiver::grpc::GRPC_MAX_FRAME_BYTES;
+    /// HTTP/2's default SETTINGS_MAX_FRAME_SIZE and initial flow-control window.
+    const H2_DEFAULT_FRAME: usize = 16 << 10;
+    const H2_DEFAULT_WINDOW: usize = 65_535;
+    let (receiver, mut host) = start();
+    let port = host.ports.grpc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = good_client(&host, stop.clone());
+
+    // A request larger than HTTP/2's default frame, smaller than the connection's first window.
+    let mut n = 100;
+    let (data, sent) = loop {
+        let (request, sent) = error_trace("one-frame", "scope", n);
+        let data = grpc_message(&request.encode_to_vec());
+        if data.len() > 2 * H2_DEFAULT_FRAME {
+            break (data, sent);
+        }
+        n += 100;
+    };
+    assert!(data.len() < H2_DEFAULT_WINDOW, "{} bytes", data.len());
+
+    let (mut stream, mut got, max_frame) = h2_connect(port);
+    assert_eq!(max_frame, Some(GRPC_MAX_FRAME_BYTES));
+    let mut bytes = h2_frame(4, 0x1, 0, &[]); // SETTINGS ACK: the larger frames now apply
+    bytes.extend(h2_frame(1, 0x4, 1, &grpc_export_headers())); // HEADERS, END_HEADERS
+    bytes.extend(h2_frame(0, 0x1, 1, &data)); // the whole message in one DATA, END_STREAM
+    stream.write_all(&bytes).unwrap();
+    assert_eq!(
+        h2_end_of_stream_1(&mut stream, &mut got),
+        ("trailers", true),
+        "a {}-byte frame gets a response message",
+        data.len()
+    );
+    receiver.wait_for(&sent.keys(), "the one-frame request's spans", &host);
+
+    // One byte over the limit: GOAWAY with FRAME_SIZE_ERROR (0x6). Only the DATA frame's
+    // header is sent, which is what the server refuses on, so that nothing is left unread to
+    // make it reset the connection rather than close it.
+    let (mut stream, mut got, _) = h2_connect(port);
+    let mut bytes = h2_frame(4, 0x1, 0, &[]);
+    bytes.extend(h2_frame(1, 0x4, 1, &grpc_export_headers()));
+    let oversized = h2_frame(0, 0x1, 1, &vec![0u8; GRPC_MAX_FRAME_BYTES as usize + 1]);
+    bytes.extend_from_slice(&oversized[..9]);
+    stream.write_all(&bytes).unwrap();
+    let mut goaway = None;
+    while let Some((kind, _, _, payload)) =
+        next_h2_frame(&mut stream, &mut got, "an oversized frame")
+    {
+        if kind == 7 && payload.len() >= 8 {
+            goaway = Some(u32::from_be_bytes([
+                payload[4], payload[5], payload[6], payload[7],
+            ]));
+            break;
+        }
+    }
+    assert_eq!(goaway, Some(0x6), "GOAWAY with FRAME_SIZE_ERROR");
 
     host.assert_healthy();
     good_client_lost_nothing(&mut host, &receiver, &stop, good);

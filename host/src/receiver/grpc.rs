@@ -39,6 +39,14 @@ pub struct TraceService {
 /// Longest a TLS handshake may take before the connection is dropped.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Largest HTTP/2 frame a client may send (SETTINGS_MAX_FRAME_SIZE; HTTP/2's default is
+/// 16 KiB). h2 reads a frame into one buffer, so with 16 KiB frames a 36 KiB request of 100
+/// spans took five `recvfrom` calls, and with 64 KiB frames three; clients that honour the
+/// setting (h2-based ones: tonic, the OpenTelemetry Rust SDK) send a request of up to this
+/// size as one frame. It is also the most a connection's read buffer holds for one frame.
+/// Measured in BENCHMARKS.md ("Changes measured so far").
+pub const GRPC_MAX_FRAME_BYTES: u32 = 64 << 10;
+
 /// What the OTLP/gRPC server needs beyond the pipeline: the message limit, TLS, authentication.
 #[derive(Debug, Clone)]
 pub struct GrpcSettings {
@@ -206,6 +214,7 @@ pub async fn serve(
     // connection that never sends its preface is closed.
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_frame_size(Some(GRPC_MAX_FRAME_BYTES))
         .timeout(settings.request_timeout);
     if let Some(config) = settings.tls {
         builder = builder
