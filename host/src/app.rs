@@ -130,6 +130,8 @@ pub async fn run_with_reload(
         &config.service.telemetry.metrics.address,
         "service.telemetry.metrics.address",
     )?;
+    // malloc's free memory back to the system every few seconds, until the very end.
+    tokio::spawn(crate::trim::run(telemetry_shutdown.clone()));
     let telemetry_task = tokio::spawn(telemetry::serve(
         health_addr,
         metrics_addr,

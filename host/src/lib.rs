@@ -26,5 +26,6 @@ pub mod shutdown;
 pub mod tags;
 pub mod telemetry;
 pub mod tls;
+pub mod trim;
 #[cfg(feature = "runtime")]
 pub mod worker;
