@@ -3,9 +3,10 @@
 //! glibc gives each busy thread a heap of its own (an arena) and returns free memory from the
 //! middle of one only when asked to (`malloc_trim`). The receivers' threads churn request bodies
 //! and their buffers; now and then one of their arenas is left holding tens of MB that nothing
-//! uses, and RSS keeps them. Measured at 50 000 spans/s (BENCHMARKS.md, "Memory"): one receiver
-//! arena held 1.6–29.5 MB free, and RSS over idle read 218–247 MiB over eleven runs; after one
-//! `malloc_trim(0)`, 223–227 MiB. Elsewhere than on glibc this does nothing.
+//! uses, and RSS keeps them. Measured at 50 000 spans/s (BENCHMARKS.md, "Memory: the high
+//! readings"): one receiver arena held 1.6–29.5 MB free, and RSS over idle read 218–247 MiB over
+//! eleven runs; after one `malloc_trim(0)`, 223–227 MiB. Elsewhere than on glibc this does
+//! nothing.
 
 use std::time::{Duration, Instant};
 
