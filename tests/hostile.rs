@@ -1534,6 +1534,52 @@ fn grpc_frames_up_to_the_advertised_size_are_read_and_larger_ones_refused() {
     good_client_lost_nothing(&mut host, &receiver, &stop, good);
 }
 
+/// A message split over several DATA frames, its 5-byte prefix cut as well, is read whole:
+/// answered with a response message, its spans exported. A message followed by a stray byte
+/// is refused (an answer without a message). A client sending meanwhile loses nothing.
+#[test]
+fn grpc_messages_split_over_data_frames_are_read_whole() {
+    let (receiver, mut host) = start();
+    let port = host.ports.grpc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = good_client(&host, stop.clone());
+    let send = |data: &[u8], cuts: &[usize]| {
+        let (mut stream, mut got, _) = h2_connect(port);
+        let mut bytes = h2_frame(4, 0x1, 0, &[]);
+        bytes.extend(h2_frame(1, 0x4, 1, &grpc_export_headers()));
+        let mut bounds = vec![0];
+        bounds.extend_from_slice(cuts);
+        bounds.push(data.len());
+        for w in bounds.windows(2) {
+            let last = w[1] == data.len();
+            bytes.extend(h2_frame(0, u8::from(last), 1, &data[w[0]..w[1]]));
+        }
+        stream.write_all(&bytes).unwrap();
+        h2_end_of_stream_1(&mut stream, &mut got)
+    };
+
+    let (request, sent) = error_trace("split-frames", "scope", 20);
+    let data = grpc_message(&request.encode_to_vec());
+    assert_eq!(
+        send(&data, &[2, data.len() / 2]),
+        ("trailers", true),
+        "a message in three frames gets a response message"
+    );
+    receiver.wait_for(&sent.keys(), "the split message's spans", &host);
+
+    let (request, _) = error_trace("stray-byte", "scope", 5);
+    let mut data = grpc_message(&request.encode_to_vec());
+    data.push(0);
+    assert_eq!(
+        send(&data, &[data.len() - 1]),
+        ("trailers", false),
+        "a stray byte after the message is refused"
+    );
+
+    host.assert_healthy();
+    good_client_lost_nothing(&mut host, &receiver, &stop, good);
+}
+
 /// Sends `head` and then `body` on a new connection, as a client that writes its whole request
 /// before reading; returns the write's outcome and the answer's head (status line and headers).
 fn post_whole(port: u16, head: &str, body: &[u8]) -> (std::io::Result<()>, String) {

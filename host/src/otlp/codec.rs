@@ -1,5 +1,6 @@
-//! A tonic codec that moves OTLP messages as raw bytes, so the host can read them with its own
-//! wire walker instead of decoding them into structs (see `wire`).
+//! The gRPC path of OTLP trace export, and a tonic codec that moves OTLP messages as raw bytes
+//! (the bench's load generator and sink use it; the receiver reads its messages itself, see
+//! `receiver::grpc`).
 
 use bytes::{Buf, BufMut, Bytes};
 use tonic::Status;

@@ -1,7 +1,9 @@
 //! The OTLP/gRPC receiver: `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
 //!
 //! The service is written out (rather than generated) so that it can take the request as raw
-//! bytes through [`RawCodec`] and hand them to the wire walker without a protobuf decode.
+//! bytes and hand them to the wire walker without a protobuf decode. It reads the gRPC message
+//! and writes the answer itself, on tonic's server (connections, HTTP/2, TLS, timeouts,
+//! shutdown): `read_message` says why.
 //! With `tls`, connections are TLS (tonic's rustls); with `auth`, a call without the bearer
 //! token is answered UNAUTHENTICATED before its message is read.
 
@@ -14,17 +16,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost::Message;
 use tonic::body::Body;
-use tonic::codec::CompressionEncoding;
-use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::server::NamedService;
 
 use super::deadline::{FirstBytes, HTTP2_PREFACE_LEN};
+use tonic::Status;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-use tonic::{Code, Status};
 
 use super::{Ingest, IngestError};
 use crate::auth::BearerAuth;
 use crate::config::{Extensions, GrpcProtocol};
-use crate::otlp::codec::{EXPORT_PATH, RawCodec};
+use crate::otlp::codec::EXPORT_PATH;
 use crate::otlp::json::response;
 use crate::shutdown::Shutdown;
 
@@ -105,38 +106,9 @@ impl NamedService for TraceService {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
 }
 
-#[derive(Clone)]
-struct Export(Ingest);
-
-impl UnaryService<Bytes> for Export {
-    type Response = Bytes;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<tonic::Response<Bytes>, Status>> + Send>,
-    >;
-
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let ingest = self.0.clone();
-        Box::pin(async move {
-            let body = request.into_inner();
-            match ingest.submit(body, "grpc").await {
-                Ok(a) => Ok(tonic::Response::new(Bytes::from(
-                    response(a.rejected, &a.message).encode_to_vec(),
-                ))),
-                Err(IngestError::Malformed(m)) => Err(Status::invalid_argument(m)),
-                Err(IngestError::Unavailable) => {
-                    Err(Status::unavailable(IngestError::Unavailable.to_string()))
-                }
-                Err(IngestError::Busy) => Err(crate::backpressure::grpc_status(
-                    crate::backpressure::Refusal::Busy,
-                )),
-            }
-        })
-    }
-}
-
 impl<B> tower_service::Service<http::Request<B>> for TraceService
 where
-    B: http_body::Body + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -150,48 +122,201 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let early = |status: Status| -> Self::Future {
+            Box::pin(std::future::ready(Ok(status.into_http())))
+        };
         if let Some(auth) = &self.auth {
             let header = req.headers().get(http::header::AUTHORIZATION);
             if !auth.check(header.map(http::HeaderValue::as_bytes)) {
-                return Box::pin(async move {
-                    Ok(Status::unauthenticated("missing or invalid bearer token").into_http())
-                });
+                return early(Status::unauthenticated("missing or invalid bearer token"));
             }
         }
         if req.uri().path() != EXPORT_PATH {
-            return Box::pin(async move {
-                Ok(Status::unimplemented("only TraceService/Export is served").into_http())
-            });
+            return early(Status::unimplemented("only TraceService/Export is served"));
         }
+        let gzip = match request_encoding(req.headers()) {
+            Ok(gzip) => gzip,
+            Err(status) => return early(status),
+        };
         let ingest = self.ingest.clone();
         let max = self.max_message_bytes;
         Box::pin(async move {
-            let mut grpc = Grpc::new(RawCodec)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .send_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(max);
-            let mut resp = grpc.unary(Export(ingest), req).await;
-            too_large_is_resource_exhausted(&mut resp);
-            Ok(resp)
+            let message = match read_message(req.into_body(), gzip, max).await {
+                Ok(m) => m,
+                Err(status) => return Ok(status.into_http()),
+            };
+            Ok(match ingest.submit(message, "grpc").await {
+                Ok(a) => ok_response(&response(a.rejected, &a.message).encode_to_vec()),
+                Err(IngestError::Malformed(m)) => Status::invalid_argument(m).into_http(),
+                Err(IngestError::Unavailable) => {
+                    Status::unavailable(IngestError::Unavailable.to_string()).into_http()
+                }
+                Err(IngestError::Busy) => {
+                    crate::backpressure::grpc_status(crate::backpressure::Refusal::Busy).into_http()
+                }
+            })
         })
     }
 }
 
-/// tonic answers OUT_OF_RANGE for a message over the size limit; the OTLP spec's answer for
-/// "too large" is RESOURCE_EXHAUSTED (which tonic already uses for decompression bombs).
-fn too_large_is_resource_exhausted(resp: &mut http::Response<Body>) {
-    let h = resp.headers_mut();
-    let is_out_of_range = h
-        .get(Status::GRPC_STATUS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        == Some(Code::OutOfRange as i32);
-    if is_out_of_range {
-        h.insert(
-            Status::GRPC_STATUS,
-            http::HeaderValue::from(Code::ResourceExhausted as i32),
-        );
+/// Length of a gRPC message's prefix: the compressed flag and the length (big-endian u32).
+const PREFIX_LEN: usize = 5;
+
+/// Whether the request's message is gzip-compressed (`grpc-encoding`); any encoding but gzip
+/// and identity is UNIMPLEMENTED, naming the one accepted, as tonic answers.
+fn request_encoding(headers: &http::HeaderMap) -> Result<bool, Status> {
+    match headers
+        .get("grpc-encoding")
+        .map(http::HeaderValue::as_bytes)
+    {
+        None | Some(b"identity") => Ok(false),
+        Some(b"gzip") => Ok(true),
+        Some(other) => {
+            let mut status = Status::unimplemented(format!(
+                "Content is compressed with `{}` which isn't supported",
+                String::from_utf8_lossy(other)
+            ));
+            status.metadata_mut().insert(
+                "grpc-accept-encoding",
+                tonic::metadata::MetadataValue::from_static("gzip"),
+            );
+            Err(status)
+        }
     }
+}
+
+/// Reads the one message of a unary call, at most `max` bytes (after decompression).
+///
+/// Written here rather than taken from tonic's `Grpc::unary` for what it saves per request
+/// (measured in BENCHMARKS.md, "Changes measured so far"): tonic copies every DATA frame into
+/// a buffer of its own and, once it has read the prefix, reserves the message's length again
+/// on top of a buffer that already holds it, so a 36 KB request grew a 73 KB buffer. Here a
+/// message that arrives in one DATA frame (the usual case with 64 KiB frames) is a slice of
+/// that frame, with no copy; one split over several frames is copied once, into a buffer of
+/// its exact size.
+async fn read_message<B>(body: B, gzip: bool, max: usize) -> Result<Bytes, Status>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let mut body = std::pin::pin!(body);
+    let mut chunks: smallvec::SmallVec<[Bytes; 2]> = smallvec::SmallVec::new();
+    let mut received = 0usize;
+    // The whole message's length with its prefix, once the prefix is in.
+    let mut expected: Option<usize> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Status::from_error(e.into()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // request trailers: nothing in them is read
+        };
+        if data.is_empty() {
+            continue;
+        }
+        received = received.saturating_add(data.len());
+        chunks.push(data);
+        if expected.is_none()
+            && let Some(prefix) = prefix_of(&chunks)
+        {
+            let len = usize::try_from(u32::from_be_bytes([
+                prefix[1], prefix[2], prefix[3], prefix[4],
+            ]))
+            .unwrap_or(usize::MAX);
+            if len > max {
+                return Err(too_large(len, max));
+            }
+            expected = Some(PREFIX_LEN + len);
+        }
+        if let Some(total) = expected
+            && received > total
+        {
+            return Err(Status::invalid_argument(
+                "more than one message in a unary call",
+            ));
+        }
+    }
+    let Some(total) = expected else {
+        return Err(Status::invalid_argument(if received == 0 {
+            "missing request message"
+        } else {
+            "message prefix cut short"
+        }));
+    };
+    if received < total {
+        return Err(Status::invalid_argument(format!(
+            "message cut short: {} of {} bytes",
+            received.saturating_sub(PREFIX_LEN),
+            total - PREFIX_LEN
+        )));
+    }
+    let framed = match chunks.as_slice() {
+        [one] => one.clone(),
+        many => {
+            let mut whole = bytes::BytesMut::with_capacity(total);
+            for c in many {
+                whole.extend_from_slice(c);
+            }
+            whole.freeze()
+        }
+    };
+    let flag = framed.first().copied().unwrap_or(0);
+    let message = framed.slice(PREFIX_LEN..);
+    match (flag, gzip) {
+        (0, _) => Ok(message),
+        (1, true) => match super::gzip::gunzip_limited(&message, max) {
+            Ok(inflated) => Ok(Bytes::from(inflated)),
+            Err(super::gzip::GunzipError::TooLarge(_)) => Err(Status::resource_exhausted(format!(
+                "message inflates to more than the limit of {max} bytes"
+            ))),
+            Err(e) => Err(Status::invalid_argument(e.to_string())),
+        },
+        (1, false) => Err(Status::invalid_argument(
+            "compressed message without a grpc-encoding",
+        )),
+        (f, _) => Err(Status::invalid_argument(format!(
+            "invalid compressed flag {f}"
+        ))),
+    }
+}
+
+/// The first [`PREFIX_LEN`] bytes of the message, once they have arrived.
+fn prefix_of(chunks: &[Bytes]) -> Option<[u8; PREFIX_LEN]> {
+    let mut prefix = [0u8; PREFIX_LEN];
+    let mut n = 0;
+    for b in chunks.iter().flat_map(|c| c.iter()).take(PREFIX_LEN) {
+        prefix[n] = *b;
+        n += 1;
+    }
+    (n == PREFIX_LEN).then_some(prefix)
+}
+
+/// RESOURCE_EXHAUSTED for a message over the limit: the OTLP spec's answer for "too large"
+/// (tonic's own is OUT_OF_RANGE).
+fn too_large(len: usize, max: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "message of {len} bytes is over the limit of {max} bytes"
+    ))
+}
+
+/// An OK answer carrying `message`: the message, uncompressed, then `grpc-status: 0` in the
+/// trailers.
+fn ok_response(message: &[u8]) -> http::Response<Body> {
+    use bytes::BufMut;
+    use http_body_util::BodyExt;
+    let mut framed = bytes::BytesMut::with_capacity(PREFIX_LEN + message.len());
+    framed.put_u8(0);
+    framed.put_u32(u32::try_from(message.len()).unwrap_or(u32::MAX));
+    framed.put_slice(message);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert(Status::GRPC_STATUS, http::HeaderValue::from_static("0"));
+    let body = http_body_util::Full::new(framed.freeze())
+        .with_trailers(std::future::ready(Some(Ok(trailers))));
+    let mut resp = http::Response::new(Body::new(body));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    resp
 }
 
 /// Serves OTLP/gRPC on `addr` until `shutdown`.
@@ -237,4 +362,150 @@ pub async fn serve(
         )
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    /// Reads `chunks` as a request body's DATA frames.
+    fn read(chunks: Vec<Bytes>, gzip: bool, max: usize) -> Result<Bytes, Status> {
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok::<_, Infallible>(Frame::data(c)));
+        let body = StreamBody::new(tokio_stream::iter(frames));
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(read_message(body, gzip, max))
+    }
+
+    fn framed(flag: u8, message: &[u8]) -> Bytes {
+        let mut v = vec![flag];
+        v.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        v.extend_from_slice(message);
+        Bytes::from(v)
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn a_message_in_one_frame_is_a_slice_of_it() {
+        let message: Vec<u8> = (0..=255u8).cycle().take(40_000).collect();
+        let frame = framed(0, &message);
+        let got = read(vec![frame.clone()], false, 1 << 20).unwrap();
+        assert_eq!(got, message);
+        assert_eq!(got.as_ptr(), frame[PREFIX_LEN..].as_ptr(), "copied");
+    }
+
+    #[test]
+    fn a_message_over_several_frames_is_joined() {
+        let message: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let whole = framed(0, &message);
+        // Split inside the prefix, then inside the message.
+        for cuts in [[1, 3], [4, 5], [5, 700], [2, 999]] {
+            let chunks = vec![
+                whole.slice(..cuts[0]),
+                whole.slice(cuts[0]..cuts[1]),
+                Bytes::new(),
+                whole.slice(cuts[1]..),
+            ];
+            assert_eq!(read(chunks, false, 1 << 20).unwrap(), message, "{cuts:?}");
+        }
+    }
+
+    #[test]
+    fn framing_faults_are_invalid_argument() {
+        let whole = framed(0, b"0123456789");
+        let mut two = whole.to_vec();
+        two.extend_from_slice(&whole);
+        for (what, chunks) in [
+            ("no message", vec![]),
+            ("a prefix cut short", vec![whole.slice(..3)]),
+            ("a message cut short", vec![whole.slice(..9)]),
+            ("two messages", vec![Bytes::from(two)]),
+            (
+                "a byte after the message",
+                vec![whole.clone(), Bytes::from_static(b"x")],
+            ),
+            (
+                "compressed flag without grpc-encoding",
+                vec![framed(1, b"x")],
+            ),
+            ("compressed flag 2", vec![framed(2, b"x")]),
+        ] {
+            let status = read(chunks, false, 1 << 20).unwrap_err();
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{what}: {status:?}"
+            );
+        }
+        let status = read(vec![framed(1, b"not gzip")], true, 1 << 20).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+
+    #[test]
+    fn over_the_limit_is_resource_exhausted_from_the_prefix() {
+        // Only the prefix arrives: the length in it is enough to refuse.
+        let prefix = framed(0, &[0u8; 101]).slice(..PREFIX_LEN);
+        let status = read(vec![prefix], false, 100).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(read(vec![framed(0, &[7u8; 100])], false, 100).is_ok());
+    }
+
+    #[test]
+    fn gzip_is_inflated_within_the_limit() {
+        let message = vec![b'z'; 5000];
+        let got = read(vec![framed(1, &gzip(&message))], true, 5000).unwrap();
+        assert_eq!(got, message);
+        let bomb = gzip(&vec![0u8; 1 << 20]);
+        let status = read(vec![framed(1, &bomb)], true, 100_000).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        // Uncompressed messages are still accepted on a gzip request (flag 0).
+        assert_eq!(read(vec![framed(0, b"plain")], true, 100).unwrap(), "plain");
+    }
+
+    #[test]
+    fn only_gzip_and_identity_are_accepted() {
+        let with = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-encoding", http::HeaderValue::from_static(v));
+            request_encoding(&h)
+        };
+        assert!(!request_encoding(&http::HeaderMap::new()).unwrap());
+        assert!(!with("identity").unwrap());
+        assert!(with("gzip").unwrap());
+        let status = with("zstd").unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert_eq!(
+            status.metadata().get("grpc-accept-encoding").unwrap(),
+            "gzip"
+        );
+    }
+
+    #[test]
+    fn ok_answers_carry_the_message_and_status_in_trailers() {
+        use http_body_util::BodyExt;
+        let resp = ok_response(b"abc");
+        assert_eq!(
+            resp.headers()[http::header::CONTENT_TYPE],
+            "application/grpc"
+        );
+        let collected = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(resp.into_body().collect())
+            .unwrap();
+        assert_eq!(collected.trailers().unwrap()[Status::GRPC_STATUS], "0");
+        assert_eq!(collected.to_bytes(), framed(0, b"abc"));
+    }
 }
