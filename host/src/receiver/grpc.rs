@@ -193,7 +193,7 @@ fn request_encoding(headers: &http::HeaderMap) -> Result<bool, Status> {
 /// on top of a buffer that already holds it, so a 36 KB request grew a 73 KB buffer. Here a
 /// message that arrives in one DATA frame (the usual case with 64 KiB frames) is a slice of
 /// that frame, with no copy; one split over several frames is copied once, into a buffer of
-/// its exact size.
+/// its exact size when the first frame holds the prefix.
 async fn read_message<B>(body: B, gzip: bool, max: usize) -> Result<Bytes, Status>
 where
     B: http_body::Body<Data = Bytes>,
@@ -201,10 +201,11 @@ where
 {
     use http_body_util::BodyExt;
     let mut body = std::pin::pin!(body);
-    let mut chunks: smallvec::SmallVec<[Bytes; 2]> = smallvec::SmallVec::new();
+    let mut got = Received::Nothing;
     let mut received = 0usize;
     // The whole message's length with its prefix, once the prefix is in.
     let mut expected: Option<usize> = None;
+    let more_than_one = || Status::invalid_argument("more than one message in a unary call");
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Status::from_error(e.into()))?;
         let Ok(data) = frame.into_data() else {
@@ -214,9 +215,12 @@ where
             continue;
         }
         received = received.saturating_add(data.len());
-        chunks.push(data);
+        if expected.is_some_and(|total| received > total) {
+            return Err(more_than_one());
+        }
+        got.push(data, expected.unwrap_or(0));
         if expected.is_none()
-            && let Some(prefix) = prefix_of(&chunks)
+            && let Some(prefix) = got.bytes().get(..PREFIX_LEN)
         {
             let len = usize::try_from(u32::from_be_bytes([
                 prefix[1], prefix[2], prefix[3], prefix[4],
@@ -225,14 +229,11 @@ where
             if len > max {
                 return Err(too_large(len, max));
             }
-            expected = Some(PREFIX_LEN + len);
-        }
-        if let Some(total) = expected
-            && received > total
-        {
-            return Err(Status::invalid_argument(
-                "more than one message in a unary call",
-            ));
+            let total = PREFIX_LEN + len;
+            if received > total {
+                return Err(more_than_one());
+            }
+            expected = Some(total);
         }
     }
     let Some(total) = expected else {
@@ -249,16 +250,7 @@ where
             total - PREFIX_LEN
         )));
     }
-    let framed = match chunks.as_slice() {
-        [one] => one.clone(),
-        many => {
-            let mut whole = bytes::BytesMut::with_capacity(total);
-            for c in many {
-                whole.extend_from_slice(c);
-            }
-            whole.freeze()
-        }
-    };
+    let framed = got.into_bytes();
     let flag = framed.first().copied().unwrap_or(0);
     let message = framed.slice(PREFIX_LEN..);
     match (flag, gzip) {
@@ -279,15 +271,51 @@ where
     }
 }
 
-/// The first [`PREFIX_LEN`] bytes of the message, once they have arrived.
-fn prefix_of(chunks: &[Bytes]) -> Option<[u8; PREFIX_LEN]> {
-    let mut prefix = [0u8; PREFIX_LEN];
-    let mut n = 0;
-    for b in chunks.iter().flat_map(|c| c.iter()).take(PREFIX_LEN) {
-        prefix[n] = *b;
-        n += 1;
+/// A unary call's body as it arrives: the first DATA frame as it came (usually the whole
+/// message, kept without a copy), then, from the second on, all of them joined in one buffer.
+/// (Keeping a handle per frame instead would let a client sending 1-byte frames make the
+/// receiver hold some 32 bytes per byte.)
+enum Received {
+    Nothing,
+    One(Bytes),
+    Joined(bytes::BytesMut),
+}
+
+impl Received {
+    /// Adds a frame's data; `capacity` is the whole message's length when known (0 if not).
+    fn push(&mut self, data: Bytes, capacity: usize) {
+        *self = match std::mem::replace(self, Received::Nothing) {
+            Received::Nothing => Received::One(data),
+            Received::One(first) => {
+                let mut joined =
+                    bytes::BytesMut::with_capacity(capacity.max(first.len() + data.len()));
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+                Received::Joined(joined)
+            }
+            Received::Joined(mut joined) => {
+                joined.extend_from_slice(&data);
+                Received::Joined(joined)
+            }
+        };
     }
-    (n == PREFIX_LEN).then_some(prefix)
+
+    /// What has arrived so far.
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Received::Nothing => &[],
+            Received::One(b) => b,
+            Received::Joined(b) => b,
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Received::Nothing => Bytes::new(),
+            Received::One(b) => b,
+            Received::Joined(b) => b.freeze(),
+        }
+    }
 }
 
 /// RESOURCE_EXHAUSTED for a message over the limit: the OTLP spec's answer for "too large"
@@ -420,6 +448,33 @@ mod tests {
             ];
             assert_eq!(read(chunks, false, 1 << 20).unwrap(), message, "{cuts:?}");
         }
+        let bytewise = (0..whole.len()).map(|i| whole.slice(i..=i)).collect();
+        assert_eq!(
+            read(bytewise, false, 1 << 20).unwrap(),
+            message,
+            "1-byte frames"
+        );
+    }
+
+    #[test]
+    fn frames_after_the_first_are_joined_in_one_buffer() {
+        let mut got = Received::Nothing;
+        got.push(Bytes::from_static(b"ab"), 0);
+        assert!(matches!(got, Received::One(_)));
+        for b in [b"c", b"d", b"e"] {
+            got.push(Bytes::from_static(b), 0);
+        }
+        let Received::Joined(joined) = &got else {
+            panic!("three more frames are not one buffer");
+        };
+        assert_eq!(&joined[..], b"abcde");
+        let mut sized = Received::Nothing;
+        sized.push(Bytes::from_static(b"ab"), 100);
+        sized.push(Bytes::from_static(b"c"), 100);
+        let Received::Joined(joined) = &sized else {
+            panic!("two frames are not one buffer");
+        };
+        assert!(joined.capacity() >= 100, "sized for the whole message");
     }
 
     #[test]
