@@ -192,8 +192,8 @@ fn request_encoding(headers: &http::HeaderMap) -> Result<bool, Status> {
 /// a buffer of its own and, once it has read the prefix, reserves the message's length again
 /// on top of a buffer that already holds it, so a 36 KB request grew a 73 KB buffer. Here a
 /// message that arrives in one DATA frame (the usual case with 64 KiB frames) is a slice of
-/// that frame, with no copy; one split over several frames is copied once, into a buffer of
-/// its exact size when the first frame holds the prefix.
+/// that frame, with no copy; one split over several frames is joined into one buffer as its
+/// frames arrive (see [`Received::push`]).
 async fn read_message<B>(body: B, gzip: bool, max: usize) -> Result<Bytes, Status>
 where
     B: http_body::Body<Data = Bytes>,
@@ -282,13 +282,18 @@ enum Received {
 }
 
 impl Received {
-    /// Adds a frame's data; `capacity` is the whole message's length when known (0 if not).
-    fn push(&mut self, data: Bytes, capacity: usize) {
+    /// Adds a frame's data; `whole` is the whole message's length when known (0 if not).
+    ///
+    /// The buffer is sized for the whole message, but for no more than twice what has
+    /// arrived, growing from there: a prefix that claims the limit followed by a byte does
+    /// not make the receiver set the limit aside (tonic's decoder reserved it).
+    fn push(&mut self, data: Bytes, whole: usize) {
         *self = match std::mem::replace(self, Received::Nothing) {
             Received::Nothing => Received::One(data),
             Received::One(first) => {
+                let arrived = first.len() + data.len();
                 let mut joined =
-                    bytes::BytesMut::with_capacity(capacity.max(first.len() + data.len()));
+                    bytes::BytesMut::with_capacity(whole.min(2 * arrived).max(arrived));
                 joined.extend_from_slice(&first);
                 joined.extend_from_slice(&data);
                 Received::Joined(joined)
@@ -469,12 +474,23 @@ mod tests {
         };
         assert_eq!(&joined[..], b"abcde");
         let mut sized = Received::Nothing;
-        sized.push(Bytes::from_static(b"ab"), 100);
-        sized.push(Bytes::from_static(b"c"), 100);
+        sized.push(Bytes::from(vec![1u8; 60]), 200);
+        sized.push(Bytes::from(vec![2u8; 60]), 200);
         let Received::Joined(joined) = &sized else {
             panic!("two frames are not one buffer");
         };
-        assert!(joined.capacity() >= 100, "sized for the whole message");
+        assert!(joined.capacity() >= 200, "sized for the whole message");
+        let mut claimed = Received::Nothing;
+        claimed.push(Bytes::from_static(b"abc"), 4 << 20);
+        claimed.push(Bytes::from_static(b"d"), 4 << 20);
+        let Received::Joined(joined) = &claimed else {
+            panic!("two frames are not one buffer");
+        };
+        assert!(
+            joined.capacity() < 1 << 20,
+            "4 bytes in, {} bytes set aside for a claimed 4 MiB",
+            joined.capacity()
+        );
     }
 
     #[test]
