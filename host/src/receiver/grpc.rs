@@ -400,6 +400,7 @@ pub async fn serve(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::super::gzip::tests::gzip;
     use super::*;
     use http_body_util::StreamBody;
     use hyper::body::Frame;
@@ -421,13 +422,6 @@ mod tests {
         v.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
         v.extend_from_slice(message);
         Bytes::from(v)
-    }
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(data).unwrap();
-        enc.finish().unwrap()
     }
 
     #[test]
