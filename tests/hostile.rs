@@ -1064,23 +1064,35 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/<pid>/status")
 }
 
-/// A well-behaved client on its own thread, sending error traces over gRPC and HTTP until told
-/// to stop (bounded); returns what it sent and any request that failed.
-fn good_client(
-    host: &Host,
+/// A well-behaved client on its own thread (see [`good_client`]) and the flag that stops it.
+struct GoodClient {
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(Vec<SentTrace>, Vec<String>)> {
+    thread: std::thread::JoinHandle<(Vec<SentTrace>, Vec<String>)>,
+}
+
+impl GoodClient {
+    /// Tells the client to stop after its request in progress.
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Starts a well-behaved client on its own thread, sending error traces over gRPC and HTTP
+/// until told to stop (bounded); its thread returns what it sent and any request that failed.
+fn good_client(host: &Host) -> GoodClient {
     /// Upper bound on the good client's requests, whatever happens.
     const MAX_GOOD: usize = 400;
     let grpc_port = host.ports.grpc;
     let url = host.http_url("/v1/traces");
-    std::thread::spawn(move || {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
         let rt = runtime();
         let client = http_client();
         let mut sent = Vec::new();
         let mut failures = Vec::new();
         let mut i = 0;
-        while !stop.load(Ordering::Relaxed) && i < MAX_GOOD {
+        while !flag.load(Ordering::Relaxed) && i < MAX_GOOD {
             let (request, trace) = error_trace("good-client", "good-scope", 3);
             let ok = if i % 2 == 0 {
                 rt.block_on(grpc_export(grpc_port, request))
@@ -1105,19 +1117,15 @@ fn good_client(
             std::thread::sleep(Duration::from_millis(20));
         }
         (sent, failures)
-    })
+    });
+    GoodClient { stop, thread }
 }
 
 /// Stops the good client and checks that it lost nothing: every request it made was accepted,
 /// and each of its spans reached the receiver exactly once (by span id). Ends the host.
-fn good_client_lost_nothing(
-    host: &mut Host,
-    receiver: &Receiver,
-    stop: &AtomicBool,
-    good: std::thread::JoinHandle<(Vec<SentTrace>, Vec<String>)>,
-) {
-    stop.store(true, Ordering::Relaxed);
-    let (good_sent, good_failures) = good.join().unwrap();
+fn good_client_lost_nothing(host: &mut Host, receiver: &Receiver, good: GoodClient) {
+    good.stop();
+    let (good_sent, good_failures) = good.thread.join().unwrap();
     assert!(
         good_failures.is_empty(),
         "the good client failed: {good_failures:?}"
@@ -1150,8 +1158,7 @@ fn hostile_corpus_gets_the_spec_answers_and_harms_no_one() {
     }
     let rss_before = rss_kib(host.pid());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let good = good_client(&host, stop.clone());
+    let good = good_client(&host);
 
     let cases = corpus();
     assert!(cases.len() >= 100, "the corpus has {} cases", cases.len());
@@ -1167,7 +1174,7 @@ fn hostile_corpus_gets_the_spec_answers_and_harms_no_one() {
         host.assert_healthy();
     }
     // The client stops before the last RSS reading (the helper below joins it).
-    stop.store(true, Ordering::Relaxed);
+    good.stop();
     let rss_after = rss_kib(host.pid());
     eprintln!(
         "{} hostile cases; VmRSS before {rss_before} KiB, peak {rss_peak} KiB, after {rss_after} KiB",
@@ -1190,7 +1197,7 @@ fn hostile_corpus_gets_the_spec_answers_and_harms_no_one() {
         rss_after.saturating_sub(rss_before) < RSS_GROWTH_BOUND_KIB,
         "VmRSS grew from {rss_before} KiB to {rss_after} KiB over the corpus"
     );
-    good_client_lost_nothing(&mut host, &receiver, &stop, good);
+    good_client_lost_nothing(&mut host, &receiver, good);
 }
 
 /// One read from a connection whose read timeout is [`STALL_BOUND`]: the bytes read, 0 when the
@@ -1235,8 +1242,7 @@ fn stall(port: u16, bytes: &[u8]) -> Option<u16> {
 fn slowloris_clients_are_cut_off_and_harm_no_one() {
     let (receiver, mut host) = start();
     let port = host.ports.http;
-    let stop = Arc::new(AtomicBool::new(false));
-    let good = good_client(&host, stop.clone());
+    let good = good_client(&host);
 
     // Headers that never finish: the connection is closed (hyper answers 408 or just closes).
     let partial_headers = b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-pro";
@@ -1302,7 +1308,7 @@ fn slowloris_clients_are_cut_off_and_harm_no_one() {
     );
 
     host.assert_healthy();
-    good_client_lost_nothing(&mut host, &receiver, &stop, good);
+    good_client_lost_nothing(&mut host, &receiver, good);
 }
 
 /// An HTTP/2 frame.
@@ -1403,8 +1409,7 @@ fn grpc_message(message: &[u8]) -> Vec<u8> {
 fn grpc_slowloris_clients_are_cut_off_and_harm_no_one() {
     let (receiver, mut host) = start();
     let port = host.ports.grpc;
-    let stop = Arc::new(AtomicBool::new(false));
-    let good = good_client(&host, stop.clone());
+    let good = good_client(&host);
 
     // A connection that sends nothing, and one that stops inside the HTTP/2 preface: closed.
     assert_eq!(stall(port, b""), None, "a silent connection");
@@ -1438,7 +1443,7 @@ fn grpc_slowloris_clients_are_cut_off_and_harm_no_one() {
     }
 
     host.assert_healthy();
-    good_client_lost_nothing(&mut host, &receiver, &stop, good);
+    good_client_lost_nothing(&mut host, &receiver, good);
 }
 
 /// The server's first SETTINGS frame on a new gRPC connection to `port`, after sending the
@@ -1479,8 +1484,7 @@ fn grpc_frames_up_to_the_advertised_size_are_read_and_larger_ones_refused() {
     const H2_DEFAULT_WINDOW: usize = 65_535;
     let (receiver, mut host) = start();
     let port = host.ports.grpc;
-    let stop = Arc::new(AtomicBool::new(false));
-    let good = good_client(&host, stop.clone());
+    let good = good_client(&host);
 
     // A request larger than HTTP/2's default frame, smaller than the connection's first window.
     let mut n = 100;
@@ -1531,7 +1535,7 @@ fn grpc_frames_up_to_the_advertised_size_are_read_and_larger_ones_refused() {
     assert_eq!(goaway, Some(0x6), "GOAWAY with FRAME_SIZE_ERROR");
 
     host.assert_healthy();
-    good_client_lost_nothing(&mut host, &receiver, &stop, good);
+    good_client_lost_nothing(&mut host, &receiver, good);
 }
 
 /// A message split over several DATA frames, its 5-byte prefix cut as well, is read whole:
@@ -1541,8 +1545,7 @@ fn grpc_frames_up_to_the_advertised_size_are_read_and_larger_ones_refused() {
 fn grpc_messages_split_over_data_frames_are_read_whole() {
     let (receiver, mut host) = start();
     let port = host.ports.grpc;
-    let stop = Arc::new(AtomicBool::new(false));
-    let good = good_client(&host, stop.clone());
+    let good = good_client(&host);
     let send = |data: &[u8], cuts: &[usize]| {
         let (mut stream, mut got, _) = h2_connect(port);
         let mut bytes = h2_frame(4, 0x1, 0, &[]);
@@ -1577,7 +1580,7 @@ fn grpc_messages_split_over_data_frames_are_read_whole() {
     );
 
     host.assert_healthy();
-    good_client_lost_nothing(&mut host, &receiver, &stop, good);
+    good_client_lost_nothing(&mut host, &receiver, good);
 }
 
 /// Sends `head` and then `body` on a new connection, as a client that writes its whole request
