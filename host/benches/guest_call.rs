@@ -11,6 +11,11 @@
 //! * `ingest/<limits>`: one batch of 100 spans (10 traces of 10 spans) per call, the clock moved
 //!   past `decision_wait` each time so every call also decides the previous batch's traces;
 //!   reported per span.
+//! * `ingest_at_scale/<limits>`: the same batch with new trace ids each call, into a sampler
+//!   holding [`PENDING`] pending traces (the runner's steady state at 50 000 spans/s: ten new
+//!   traces per 100-span request, `decision_wait` 10 s), the clock moved by [`AT_SCALE_STEP`]
+//!   per call so that each call also decides the ten traces that fall due. The batches are
+//!   built outside the measured time. Per span.
 //!
 //! `tick/native` and `ingest/native` run the same calls on the same guest logic compiled
 //! natively (the `tracekeeper-guest` crate as a library, no component, no copy across the
@@ -35,6 +40,13 @@ const SPANS: u64 = 10;
 const TRACES: u64 = 10;
 /// How far the clock moves per ingest call: past the default config's `decision_wait` (10s).
 const STEP: u64 = 11 * SEC;
+/// Pending traces held in `ingest_at_scale`: the runner's reference load (50 000 spans/s in
+/// 100-span requests of 10 traces) over the default `decision_wait` of 10 s.
+const PENDING: u64 = 50_000;
+/// How far the clock moves per `ingest_at_scale` call: `decision_wait` over the calls it
+/// takes to hold `PENDING` traces (10 s / 5 000 calls), so that a call's traces fall due
+/// `PENDING / TRACES` calls later.
+const AT_SCALE_STEP: u64 = 10 * SEC / (PENDING / TRACES);
 
 fn guest_config() -> String {
     Config::parse(DEFAULT_CONFIG).unwrap().guest_json()
@@ -50,14 +62,20 @@ fn limits() -> [(&'static str, GuestLimits); 2] {
 /// A span-view batch as the host writes it for the default guest's interest
 /// (`service.name` only): one resource, `TRACES` traces of `SPANS` spans, one error span.
 fn batch() -> Vec<u8> {
+    batch_of(0)
+}
+
+/// [`batch`] with trace ids of their own for each `generation` (generation 0 is `batch()`).
+fn batch_of(generation: u64) -> Vec<u8> {
     let mut w = BatchWriter::new();
     let (resource, mut s) = w.begin_resource();
     w.attr_indexed(&mut s, 0).str(b"checkout");
     w.end_section(s);
     for t in 0..TRACES {
+        let k = generation * TRACES + t;
         let mut trace_id = [0u8; 16];
-        trace_id[..8].copy_from_slice(&(t + 1).to_be_bytes());
-        trace_id[8..].copy_from_slice(&(t.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_be_bytes());
+        trace_id[..8].copy_from_slice(&(k + 1).to_be_bytes());
+        trace_id[8..].copy_from_slice(&(k.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_be_bytes());
         for n in 0..SPANS {
             let parent = if n == 0 { 0 } else { 1 };
             let fixed = SpanFixed {
@@ -146,5 +164,67 @@ fn ingest(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, recreate, tick, ingest);
+/// Decision records in a decision batch.
+fn decisions(bytes: &[u8]) -> usize {
+    tracekeeper_abi::DecisionReader::new(bytes).unwrap().count()
+}
+
+/// Feeds `call` the batches of generations `1..`, a clock step apart, until the first ones have
+/// fallen due; returns the last generation fed. Checks that the last call decided about a
+/// batch's worth of traces, so that the bench measures the steady state it claims.
+fn fill(mut call: impl FnMut(&[u8], u64) -> Vec<u8>) -> u64 {
+    let generations = PENDING / TRACES + 2;
+    let mut last = Vec::new();
+    for g in 1..=generations {
+        last = call(&batch_of(g), T0 + g * AT_SCALE_STEP);
+    }
+    let decided = decisions(&last);
+    assert!(
+        (1..=2 * TRACES as usize).contains(&decided),
+        "a call at scale decided {decided} traces"
+    );
+    generations
+}
+
+fn ingest_at_scale(c: &mut Criterion) {
+    let config = guest_config();
+    let mut g = c.benchmark_group("ingest_at_scale");
+    g.throughput(Throughput::Elements(SPANS * TRACES));
+    g.sample_size(30);
+    for (name, limits) in limits() {
+        let module = GuestModule::load(None, limits).unwrap();
+        let (mut instance, _) = module.instantiate(&config).unwrap();
+        let mut generation = fill(|b, now| instance.ingest(b, now).unwrap());
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    generation += 1;
+                    (batch_of(generation), T0 + generation * AT_SCALE_STEP)
+                },
+                |(batch, now)| instance.ingest(&batch, now).unwrap(),
+                criterion::BatchSize::SmallInput,
+            );
+        });
+    }
+    let (mut sampler, _) = Sampler::configure(&config).unwrap();
+    let mut generation = fill(|b, now| sampler.ingest(b, now).unwrap());
+    let pending = sampler.pending_traces() as u64;
+    assert!(
+        (PENDING..=PENDING + TRACES).contains(&pending),
+        "{pending} traces pending"
+    );
+    g.bench_function("native", |b| {
+        b.iter_batched(
+            || {
+                generation += 1;
+                (batch_of(generation), T0 + generation * AT_SCALE_STEP)
+            },
+            |(batch, now)| sampler.ingest(&batch, now).unwrap(),
+            criterion::BatchSize::SmallInput,
+        );
+    });
+    g.finish();
+}
+
+criterion_group!(benches, recreate, tick, ingest, ingest_at_scale);
 criterion_main!(benches);
