@@ -186,6 +186,26 @@ fn fill(mut call: impl FnMut(&[u8], u64) -> Vec<u8>) -> u64 {
     generations
 }
 
+/// Measures `call` on the batches of the generations after `generation`, each built outside
+/// the measured time, the clock a step further each time.
+fn bench_steady(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut generation: u64,
+    mut call: impl FnMut(&[u8], u64) -> Vec<u8>,
+) {
+    g.bench_function(name, |b| {
+        b.iter_batched(
+            || {
+                generation += 1;
+                (batch_of(generation), T0 + generation * AT_SCALE_STEP)
+            },
+            |(batch, now)| call(&batch, now),
+            criterion::BatchSize::SmallInput,
+        );
+    });
+}
+
 fn ingest_at_scale(c: &mut Criterion) {
     let config = guest_config();
     let mut g = c.benchmark_group("ingest_at_scale");
@@ -194,34 +214,20 @@ fn ingest_at_scale(c: &mut Criterion) {
     for (name, limits) in limits() {
         let module = GuestModule::load(None, limits).unwrap();
         let (mut instance, _) = module.instantiate(&config).unwrap();
-        let mut generation = fill(|b, now| instance.ingest(b, now).unwrap());
-        g.bench_function(name, |b| {
-            b.iter_batched(
-                || {
-                    generation += 1;
-                    (batch_of(generation), T0 + generation * AT_SCALE_STEP)
-                },
-                |(batch, now)| instance.ingest(&batch, now).unwrap(),
-                criterion::BatchSize::SmallInput,
-            );
+        let generation = fill(|b, now| instance.ingest(b, now).unwrap());
+        bench_steady(&mut g, name, generation, |b, now| {
+            instance.ingest(b, now).unwrap()
         });
     }
     let (mut sampler, _) = Sampler::configure(&config).unwrap();
-    let mut generation = fill(|b, now| sampler.ingest(b, now).unwrap());
+    let generation = fill(|b, now| sampler.ingest(b, now).unwrap());
     let pending = sampler.pending_traces() as u64;
     assert!(
         (PENDING..=PENDING + TRACES).contains(&pending),
         "{pending} traces pending"
     );
-    g.bench_function("native", |b| {
-        b.iter_batched(
-            || {
-                generation += 1;
-                (batch_of(generation), T0 + generation * AT_SCALE_STEP)
-            },
-            |(batch, now)| sampler.ingest(&batch, now).unwrap(),
-            criterion::BatchSize::SmallInput,
-        );
+    bench_steady(&mut g, "native", generation, |b, now| {
+        sampler.ingest(b, now).unwrap()
     });
     g.finish();
 }
