@@ -26,7 +26,7 @@ use tracekeeper_abi::{
 
 use crate::config::CompletenessConfig;
 use crate::interest::{Interest, SERVICE_NAME};
-use crate::schedule::DueQueue;
+use crate::schedule::{DueQueue, Lane};
 use crate::trace::PendingTrace;
 use expect::{Expectations, MISSING_EXPECTED_PREFIX};
 use messaging::{Consumed, Index, Role};
@@ -439,7 +439,7 @@ impl Tracker {
                     .is_none()
             {
                 t.due = now;
-                queue.push(now, id);
+                queue.push(Lane::Release, now, id);
             }
         }
         // Keep the list's memory for the next batch.

@@ -10,7 +10,7 @@ use crate::completeness::{self, Tracker};
 use crate::config::ProcessorsConfig;
 use crate::interest::Interest;
 use crate::policy::{Engine, TraceFacts, engine};
-use crate::schedule::DueQueue;
+use crate::schedule::{DueQueue, Lane};
 use crate::trace::PendingTrace;
 
 /// Length of a trace id in a `decide-now` list.
@@ -181,7 +181,7 @@ impl Sampler {
             Entry::Occupied(o) => o.into_mut(),
             Entry::Vacant(v) => {
                 let due = now.saturating_add(self.decision_wait);
-                self.queue.push(due, id);
+                self.queue.push(Lane::Wait, due, id);
                 let mut trace = Box::new(PendingTrace::new(now, due));
                 trace.span_ids.reserve_exact(run_of(id, rest));
                 v.insert(trace)
@@ -198,7 +198,7 @@ impl Sampler {
             // A trace held for the consumer of a producer keeps waiting for it.
             if due < trace.due && !trace.completeness.is_held() {
                 trace.due = due;
-                self.queue.push(due, id);
+                self.queue.push(Lane::AfterRoot, due, id);
             }
         }
     }
@@ -220,7 +220,7 @@ impl Sampler {
                 && let Some(later) = self.completeness.hold(id, trace, due)
             {
                 trace.due = later;
-                self.queue.push(later, id);
+                self.queue.push(Lane::Hold, later, id);
                 continue;
             }
             self.decide_if_current(due, id, now, &mut out);
