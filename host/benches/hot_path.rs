@@ -6,8 +6,9 @@
 //! * `ingest/split`: the wire walk that checks the request and splits it into spans;
 //! * `ingest/split_and_view`: the same plus the span-view batch for the default guest's interest
 //!   (what a receiver does per request);
-//! * `ingest/buffer`: copying the spans into the trace buffer and removing their traces again
-//!   (what the worker does per span before and after the decision);
+//! * `ingest/buffer`: copying the spans into the trace buffer, a trace's consecutive spans as
+//!   one run as the worker does, and removing their traces again (what the worker does per span
+//!   before and after the decision);
 //! * `export/tag_and_encode`: appending the tags of a probabilistic keep (policy, completeness,
 //!   a raised `th` in tracestate) to every span and encoding the export request;
 //! * `export/gzip1`: gzip of that export request at level 1, what both exporters apply with
@@ -176,8 +177,13 @@ fn benches(c: &mut Criterion) {
     g.bench_function("ingest/buffer", |b| {
         let mut buffer = TraceBuffer::new();
         b.iter(|| {
-            for s in &parsed.spans {
-                buffer.push(s.info.trace_id, &parsed.groups[s.group], s.bytes);
+            // As the worker does: a trace's consecutive spans of one group as one run.
+            let runs = parsed
+                .spans
+                .chunk_by(|a, b| a.info.trace_id == b.info.trace_id && a.group == b.group);
+            for run in runs {
+                let (id, group) = (run[0].info.trace_id, &parsed.groups[run[0].group]);
+                buffer.push_run(id, group, run.iter().map(|s| s.bytes));
             }
             for s in parsed.spans.iter().step_by(SPANS_PER_TRACE) {
                 std::hint::black_box(buffer.remove(&s.info.trace_id));

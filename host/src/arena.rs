@@ -201,28 +201,54 @@ impl ChunkArena {
 
     /// Appends one span (under group index `group` of its trace) to a trace's `segments`.
     pub fn append(&mut self, segments: &mut Segments, group: u16, span: &[u8]) {
-        let len = match u16::try_from(span.len()) {
-            Ok(len) if span.len() <= MAX_CHUNKED_SPAN => len,
-            _ => {
-                let mut bytes = BytesMut::with_capacity(OWN_HEADER + span.len());
-                bytes.put_u16_le(group);
-                bytes.extend_from_slice(span);
-                self.own_bytes += bytes.capacity();
-                push_compact(segments, Segment { bytes, chunk: OWN });
-                return;
+        self.append_run(segments, group, [span]);
+    }
+
+    /// Appends consecutive spans of one trace (under group index `group`) to its `segments`.
+    /// The records that fit in the current chunk are written back to back and split off it as
+    /// one piece: per run rather than per span, since each split and each merge with the
+    /// trace's last piece is an atomic update of the chunk's reference count.
+    pub fn append_run<'a>(
+        &mut self,
+        segments: &mut Segments,
+        group: u16,
+        spans: impl IntoIterator<Item = &'a [u8]>,
+    ) {
+        for span in spans {
+            let len = match u16::try_from(span.len()) {
+                Ok(len) if span.len() <= MAX_CHUNKED_SPAN => len,
+                _ => {
+                    self.close_run(segments);
+                    let mut bytes = BytesMut::with_capacity(OWN_HEADER + span.len());
+                    bytes.put_u16_le(group);
+                    bytes.extend_from_slice(span);
+                    self.own_bytes += bytes.capacity();
+                    push_compact(segments, Segment { bytes, chunk: OWN });
+                    continue;
+                }
+            };
+            let need = RECORD_HEADER + span.len();
+            if self.cur.capacity() - self.cur.len() < need {
+                self.close_run(segments);
+                self.cur = BytesMut::with_capacity(CHUNK_BYTES);
+                self.serial += 1;
+                self.live.push_back(0);
+                self.trim();
             }
-        };
-        let need = RECORD_HEADER + span.len();
-        if self.cur.capacity() < need {
-            self.cur = BytesMut::with_capacity(CHUNK_BYTES);
-            self.serial += 1;
-            self.live.push_back(0);
-            self.trim();
+            // Room was checked: these writes never reallocate.
+            self.cur.put_u16_le(len);
+            self.cur.put_u16_le(group);
+            self.cur.extend_from_slice(span);
         }
-        // Room was checked: these writes never reallocate.
-        self.cur.put_u16_le(len);
-        self.cur.put_u16_le(group);
-        self.cur.extend_from_slice(span);
+        self.close_run(segments);
+    }
+
+    /// Splits the records written since the last split off the current chunk and adds them to
+    /// `segments` (nothing when none were written).
+    fn close_run(&mut self, segments: &mut Segments) {
+        if self.cur.is_empty() {
+            return;
+        }
         let mut piece = self.cur.split();
         if let Some(last) = segments.last_mut()
             && last.chunk == self.serial
@@ -415,6 +441,48 @@ mod tests {
             (a.live_chunks(), a.held_bytes(), a.tracked_chunks()),
             (0, 0, 1)
         );
+    }
+
+    #[test]
+    fn a_run_is_one_piece_and_reads_as_its_spans() {
+        let mut a = ChunkArena::new();
+        let (mut x, mut y) = (Segments::new(), Segments::new());
+        let big = vec![7u8; MAX_CHUNKED_SPAN + 1];
+        let filler = [3u8; 1000];
+        // Most of a chunk, so the run below crosses into the next one.
+        let per_chunk = CHUNK_BYTES / (RECORD_HEADER + filler.len());
+        a.append_run(&mut y, 0, std::iter::repeat_n(&filler[..], per_chunk - 2));
+        assert_eq!((y.len(), a.live_chunks()), (1, 1));
+        let run: Vec<&[u8]> = vec![b"a", b"bb", &big, b"ccc", &filler, &filler, &filler, b"d"];
+        a.append_run(&mut x, 4, run.iter().copied());
+        // "a" and "bb" in the first chunk; the large span on its own; "ccc" and two fillers in
+        // the first chunk again, a piece of their own (the large span came between); the last
+        // filler and "d" in a new chunk.
+        assert_eq!(x.len(), 4);
+        assert!(x[1].is_own() && !x[0].is_own() && !x[2].is_own() && !x[3].is_own());
+        assert_eq!(a.live_chunks(), 2);
+        let got: Vec<(u16, Vec<u8>)> = spans(&x);
+        let want: Vec<(u16, Vec<u8>)> = run.iter().map(|s| (4, s.to_vec())).collect();
+        assert_eq!(got, want);
+        // The same spans one by one give the same bytes and as many pieces.
+        let mut b = ChunkArena::new();
+        let (mut x1, mut y1) = (Segments::new(), Segments::new());
+        for _ in 0..per_chunk - 2 {
+            b.append(&mut y1, 0, &filler);
+        }
+        for s in &run {
+            b.append(&mut x1, 4, s);
+        }
+        assert_eq!(spans(&x1), want);
+        let lens = |t: &Segments| t.iter().map(Segment::len).collect::<Vec<_>>();
+        assert_eq!(lens(&x1), lens(&x));
+        assert_eq!((a.held_bytes(), a.tracked_chunks()), (b.held_bytes(), 2));
+        // An empty run adds nothing.
+        a.append_run(&mut x, 4, []);
+        assert_eq!(spans(&x).len(), run.len());
+        a.release(&x);
+        a.release(&y);
+        assert_eq!(a.held_bytes(), 0);
     }
 
     #[test]

@@ -122,6 +122,18 @@ impl TraceBuffer {
 
     /// Adds a span to its trace; returns true when the trace is new.
     pub fn push(&mut self, trace_id: TraceId, group: &Arc<Group>, bytes: &[u8]) -> bool {
+        self.push_run(trace_id, group, [bytes])
+    }
+
+    /// Adds consecutive spans of one trace, all of `group`, with one look-up of the trace
+    /// and one piece of a chunk per run ([`ChunkArena::append_run`]); returns true when the
+    /// trace is new.
+    pub fn push_run<'a>(
+        &mut self,
+        trace_id: TraceId,
+        group: &Arc<Group>,
+        spans: impl IntoIterator<Item = &'a [u8]>,
+    ) -> bool {
         let mut new = false;
         let entry = self.traces.entry(trace_id).or_insert_with(|| {
             new = true;
@@ -133,8 +145,13 @@ impl TraceBuffer {
         }
         let before = entry.bookkeeping();
         let g = entry.group_index(group);
-        self.arena.append(&mut entry.segments, g, bytes);
-        entry.spans += 1;
+        let mut count = 0;
+        self.arena.append_run(
+            &mut entry.segments,
+            g,
+            spans.into_iter().inspect(|_| count += 1),
+        );
+        entry.spans += count;
         self.bookkeeping += entry.bookkeeping().saturating_sub(before);
         new
     }
@@ -497,6 +514,28 @@ mod tests {
         let e = b.get(&id(3)).unwrap();
         assert!(e.memory() < 10 * (361 + 4) + 150, "{}", e.memory());
         assert!(b.bytes() >= 10 * e.memory());
+    }
+
+    #[test]
+    fn a_run_holds_what_its_spans_pushed_one_by_one_hold() {
+        let g = group();
+        let (mut runs, mut singles) = (TraceBuffer::new(), TraceBuffer::new());
+        for t in 0..50u32 {
+            let spans: Vec<Vec<u8>> = (0..10).map(|pos| span_bytes(t, pos)).collect();
+            let (first, rest) = spans.split_at(4);
+            assert!(runs.push_run(id(t), &g, first.iter().map(Vec::as_slice)));
+            assert!(!runs.push_run(id(t), &g, rest.iter().map(Vec::as_slice)));
+            assert!(!runs.push_run(id(t), &g, []));
+            for (pos, s) in spans.iter().enumerate() {
+                assert_eq!(singles.push(id(t), &g, s), pos == 0);
+            }
+        }
+        assert_eq!((runs.len(), runs.bytes()), (singles.len(), singles.bytes()));
+        for t in 0..50 {
+            let (r, s) = (runs.get(&id(t)).unwrap(), singles.get(&id(t)).unwrap());
+            assert_eq!((r.len(), r.memory()), (10, s.memory()));
+            assert_eq!(collect(r), collect(s));
+        }
     }
 
     #[test]

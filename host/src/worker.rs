@@ -647,24 +647,37 @@ impl Worker {
         // Indices of late spans, ascending (looked up by binary search: a request can hold
         // tens of thousands of late spans).
         let mut late = Vec::new();
-        for (i, span) in batch.spans.iter().enumerate() {
-            let group = match batch.groups.get(span.group as usize) {
-                Some(g) => g,
-                None => continue,
+        // A run of consecutive spans of one trace and one group (a request usually carries a
+        // trace's spans together) is looked up once and buffered as one piece.
+        let mut start = 0;
+        while let Some(first) = batch.spans.get(start) {
+            let len = batch.spans[start..]
+                .iter()
+                .position(|s| s.trace_id != first.trace_id || s.group != first.group)
+                .unwrap_or(batch.spans.len() - start);
+            let run = start..start + len;
+            start = run.end;
+            let Some(group) = batch.groups.get(first.group as usize) else {
+                continue;
             };
-            if !self.buffer.contains(&span.trace_id)
-                && let Some(c) = self.cache.get(&span.trace_id)
+            if !self.buffer.contains(&first.trace_id)
+                && let Some(c) = self.cache.get(&first.trace_id)
             {
-                late.push(i);
+                late.extend(run.clone());
                 match c {
-                    Cached::Kept(tags) => self.add_to_export(group, &span.bytes, &tags, true),
-                    Cached::NotKept => self.metrics.drop_spans("late_not_sampled", 1),
+                    Cached::Kept(tags) => {
+                        for span in &batch.spans[run] {
+                            self.add_to_export(group, &span.bytes, &tags, true);
+                        }
+                    }
+                    Cached::NotKept => self.metrics.drop_spans("late_not_sampled", len as u64),
                 }
-                self.metrics.spans_late.inc();
+                self.metrics.spans_late.inc_by(len as u64);
                 continue;
             }
-            if self.buffer.push(span.trace_id, group, &span.bytes) {
-                self.arrivals.push_back((span.trace_id, now));
+            let spans = batch.spans[run].iter().map(|s| &s.bytes[..]);
+            if self.buffer.push_run(first.trace_id, group, spans) {
+                self.arrivals.push_back((first.trace_id, now));
             }
         }
         let affected = Affected::Batch(&batch, &late);
