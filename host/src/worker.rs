@@ -46,6 +46,7 @@
 //! degraded again with a doubled wait.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -111,15 +112,17 @@ pub const WORKER_STACK_MARGIN: usize = 1 << 20;
 /// Smallest native stack of the worker thread (Rust's default for spawned threads).
 pub const MIN_WORKER_STACK: usize = 2 << 20;
 
-/// One span of a batch: its trace, its group (index into [`IngestBatch::groups`]) and bytes.
+/// One span of a batch: its trace, its group (index into [`IngestBatch::groups`]) and where
+/// its bytes are in [`IngestBatch::body`] (a range rather than a `Bytes` of its own: a slice of
+/// the body per span is an atomic update of its reference count when made and when dropped).
 #[derive(Debug)]
 pub struct BatchSpan {
     /// Trace id.
     pub trace_id: TraceId,
     /// Index into the batch's groups.
     pub group: u32,
-    /// The encoded span (a slice of the request body).
-    pub bytes: Bytes,
+    /// The encoded span's bytes in the body.
+    pub range: Range<usize>,
 }
 
 /// What the worker receives.
@@ -161,6 +164,8 @@ pub struct IngestBatch {
     pub view: Vec<u8>,
     /// The spans, in the order of the view.
     pub spans: Vec<BatchSpan>,
+    /// The request body (decompressed) the spans' ranges are in.
+    pub body: Bytes,
     /// Resource/scope groups.
     pub groups: Vec<Arc<Group>>,
     /// Span-view batch of other workers' spans with links into this worker's traces, for the
@@ -169,6 +174,14 @@ pub struct IngestBatch {
     /// The request body's place in the bound on queued bytes, shared by every worker's part of
     /// the request and given back when the last part is dropped.
     pub ticket: Option<Arc<crate::backpressure::BodyTicket>>,
+}
+
+impl IngestBatch {
+    /// A span's encoded bytes (empty for a range outside the body, which the receiver never
+    /// makes).
+    pub fn bytes(&self, span: &BatchSpan) -> &[u8] {
+        self.body.get(span.range.clone()).unwrap_or_default()
+    }
 }
 
 /// What the worker does when the guest keeps failing.
@@ -667,7 +680,7 @@ impl Worker {
                 match c {
                     Cached::Kept(tags) => {
                         for span in &batch.spans[run] {
-                            self.add_to_export(group, &span.bytes, &tags, true);
+                            self.add_to_export(group, batch.bytes(span), &tags, true);
                         }
                     }
                     Cached::NotKept => self.metrics.drop_spans("late_not_sampled", len as u64),
@@ -675,7 +688,7 @@ impl Worker {
                 self.metrics.spans_late.inc_by(len as u64);
                 continue;
             }
-            let spans = batch.spans[run].iter().map(|s| &s.bytes[..]);
+            let spans = batch.spans[run].iter().map(|s| batch.bytes(s));
             if self.buffer.push_run(first.trace_id, group, spans) {
                 self.arrivals.push_back((first.trace_id, now));
             }
@@ -739,9 +752,9 @@ impl Worker {
             }
             if let (Some(group), Some(info)) = (
                 batch.groups.get(span.group as usize),
-                span_info(&span.bytes),
+                span_info(batch.bytes(span)),
             ) {
-                self.add_view(&mut view, &interest, group, &span.bytes, &info);
+                self.add_view(&mut view, &interest, group, batch.bytes(span), &info);
             }
         }
         view

@@ -132,7 +132,7 @@ impl Ingest {
                 part.spans.push(BatchSpan {
                     trace_id: s.info.trace_id,
                     group: s.group as u32,
-                    bytes: body.slice_ref(s.bytes),
+                    range: range_in(&body, s.bytes),
                 });
                 while elsewhere != 0 {
                     let k = elsewhere.trailing_zeros();
@@ -163,6 +163,7 @@ impl Ingest {
                         IngestBatch {
                             view: p.view.into_bytes(),
                             spans: p.spans,
+                            body: body.clone(),
                             groups: groups.clone(),
                             links: p.links.map(ViewBuilder::into_bytes).unwrap_or_default(),
                             ticket: Some(Arc::clone(&ticket)),
@@ -203,5 +204,27 @@ impl Ingest {
                 .inc_by(n);
         }
         Ok(accepted)
+    }
+}
+
+/// Where `part`, a slice of `body`, is in it (by address: the wire walker hands out sub-slices
+/// of the body it was given).
+fn range_in(body: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    start..start.saturating_add(part.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slice_is_found_where_it_is_in_the_body() {
+        let body = Bytes::from_static(b"resource|span one|span two");
+        for (start, end) in [(9, 17), (18, 26), (0, 0), (26, 26), (0, 26)] {
+            let range = range_in(&body, &body[start..end]);
+            assert_eq!(range, start..end);
+            assert_eq!(&body[range], &body[start..end]);
+        }
     }
 }
