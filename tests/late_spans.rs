@@ -90,57 +90,57 @@ fn late_spans_follow_the_cached_decision() {
     let receiver = Receiver::start();
     let host = start(&receiver, 1000, 1000);
 
-    // Kept trace: the late span is forwarded at once with the trace's tags and late=true.
+    // Kept trace: the late spans (two together in one request, which the worker looks up as
+    // one run) are forwarded at once with the trace's tags and late=true.
     let (kept, kept_root) = kept_trace(&rt, &host, &receiver);
-    let late_id = new_span_id();
+    let late_ids = [new_span_id(), new_span_id()];
     send(
         &rt,
         &host,
         request(
             "checkout",
             "shop",
-            vec![span(
-                &kept.trace_id,
-                &late_id,
-                Some(&kept_root),
-                "late",
-                false,
-            )],
+            late_ids
+                .iter()
+                .map(|id| span(&kept.trace_id, id, Some(&kept_root), "late", false))
+                .collect(),
         ),
     );
-    let got = receiver.wait_for(
-        &[(kept.trace_id.to_vec(), late_id.to_vec())],
-        "the late span of the kept trace",
-        &host,
-    );
-    let late: Vec<&Received> = spans_of(&got, &kept.trace_id)
-        .into_iter()
-        .filter(|r| r.span.span_id == late_id)
+    let wanted: Vec<_> = late_ids
+        .iter()
+        .map(|id| (kept.trace_id.to_vec(), id.to_vec()))
         .collect();
-    assert_eq!(
-        late.len(),
-        1,
-        "the late span was exported {} times",
-        late.len()
-    );
-    assert_eq!(
-        late_tag(late[0]),
-        Some(true),
-        "attributes: {:?}",
-        late[0].span.attributes
-    );
-    assert_eq!(
-        late[0].attr_str("tracekeeper.policy").as_deref(),
-        Some("errors")
-    );
-    assert_eq!(
-        late[0].attr_str("tracekeeper.completeness").as_deref(),
-        Some("complete")
-    );
+    let got = receiver.wait_for(&wanted, "the late spans of the kept trace", &host);
+    for late_id in &late_ids {
+        let late: Vec<&Received> = spans_of(&got, &kept.trace_id)
+            .into_iter()
+            .filter(|r| r.span.span_id == *late_id)
+            .collect();
+        assert_eq!(
+            late.len(),
+            1,
+            "the late span was exported {} times",
+            late.len()
+        );
+        assert_eq!(
+            late_tag(late[0]),
+            Some(true),
+            "attributes: {:?}",
+            late[0].span.attributes
+        );
+        assert_eq!(
+            late[0].attr_str("tracekeeper.policy").as_deref(),
+            Some("errors")
+        );
+        assert_eq!(
+            late[0].attr_str("tracekeeper.completeness").as_deref(),
+            Some("complete")
+        );
+    }
     // The trace's own spans were not tagged late.
     for r in spans_of(&got, &kept.trace_id)
         .iter()
-        .filter(|r| r.span.span_id != late_id)
+        .filter(|r| !late_ids.iter().any(|id| r.span.span_id == id[..]))
     {
         assert_eq!(
             late_tag(r),
@@ -150,37 +150,38 @@ fn late_spans_follow_the_cached_decision() {
         );
     }
 
-    // Not-kept trace: the late span is counted and dropped.
+    // Not-kept trace: the late spans (again two together) are counted and dropped.
     let (dropped, dropped_root) = dropped_trace(&rt, &host);
-    let late_dropped = new_span_id();
+    let late_dropped = [new_span_id(), new_span_id()];
     send(
         &rt,
         &host,
         request(
             "checkout",
             "shop",
-            vec![span(
-                &dropped,
-                &late_dropped,
-                Some(&dropped_root),
-                "late",
-                false,
-            )],
+            late_dropped
+                .iter()
+                .map(|id| span(&dropped, id, Some(&dropped_root), "late", false))
+                .collect(),
         ),
     );
-    wait_metric_at_least(&host, "tracekeeper_spans_late_total", &[], 2.0);
+    wait_metric_at_least(&host, "tracekeeper_spans_late_total", &[], 4.0);
     wait_metric_at_least(
         &host,
         "tracekeeper_spans_dropped_total",
         &[("reason", "late_not_sampled")],
-        1.0,
+        2.0,
     );
     // Had it been buffered as a new (orphan, hence incomplete) trace, it would be exported
-    // before a marker trace sent after it; the marker arrives and the late span does not.
+    // before a marker trace sent after it; the marker arrives and the late spans do not.
     let (marker, marker_sent) = error_trace("checkout", "shop", 1);
     send(&rt, &host, marker);
     let got = receiver.wait_for(&marker_sent.keys(), "the marker trace", &host);
-    assert_absent(&got, &dropped, "the late span of a trace that was not kept");
+    assert_absent(
+        &got,
+        &dropped,
+        "the late spans of a trace that was not kept",
+    );
     host_ok(host);
 }
 
