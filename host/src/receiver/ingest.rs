@@ -211,7 +211,12 @@ impl Ingest {
 /// of the body it was given).
 fn range_in(body: &[u8], part: &[u8]) -> std::ops::Range<usize> {
     let start = (part.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
-    start..start.saturating_add(part.len())
+    let range = start..start.saturating_add(part.len());
+    debug_assert!(
+        body.get(range.clone())
+            .is_some_and(|b| b.as_ptr() == part.as_ptr())
+    );
+    range
 }
 
 #[cfg(test)]
