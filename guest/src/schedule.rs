@@ -7,9 +7,9 @@
 //! shorter wait once the root arrives, a hold for consumers, a release), so within a lane due
 //! times arrive in order while the clock moves forward: a lane is a FIFO, which pops in
 //! constant time from memory it reads in order. An entry due before the last one of its lane
-//! (the clock stepped back, or a setting changed) goes to a min-heap instead, and the earliest
-//! of the fronts comes out first; entries due at the same time come out in the order they were
-//! pushed within a lane. With one heap for everything, popping the entries of 50 000 pending
+//! (the clock stepped back) goes to a min-heap instead, as every entry did before, and the
+//! earliest of the fronts comes out first; entries due at the same time come out in the order
+//! they were pushed within a lane. With one heap for everything, popping the entries of 50 000 pending
 //! traces was the guest's third-largest cost in a profile at 50 000 spans/s: each pop sifted
 //! through a 1.2 MB heap at random.
 

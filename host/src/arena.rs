@@ -199,7 +199,9 @@ impl ChunkArena {
         Self::default()
     }
 
-    /// Appends one span (under group index `group` of its trace) to a trace's `segments`.
+    /// Appends one span (under group index `group` of its trace) to a trace's `segments` (the
+    /// worker appends runs: [`ChunkArena::append_run`]).
+    #[cfg(test)]
     pub fn append(&mut self, segments: &mut Segments, group: u16, span: &[u8]) {
         self.append_run(segments, group, [span]);
     }
