@@ -9,9 +9,9 @@
 //! constant time from memory it reads in order. An entry due before the last one of its lane
 //! (the clock stepped back) goes to a min-heap instead, as every entry did before, and the
 //! earliest of the fronts comes out first; entries due at the same time come out in the order
-//! they were pushed within a lane. With one heap for everything, popping the entries of 50 000 pending
-//! traces was the guest's third-largest cost in a profile at 50 000 spans/s: each pop sifted
-//! through a 1.2 MB heap at random.
+//! they were pushed within a lane. With one heap for everything, popping the entries of 50 000
+//! pending traces was the guest's third-largest cost in a profile at 50 000 spans/s: each pop
+//! sifted through a 1.2 MB heap at random.
 
 use core::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
