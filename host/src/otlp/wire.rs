@@ -131,7 +131,11 @@ impl<'a> Fields<'a> {
         Fields { buf }
     }
 
-    #[inline]
+    // Forced inline (with `next`): as a call, each field went back through a returned
+    // `Result<Field>` in memory, and the walks' callers could not fold the wire-type match into
+    // their own. Measured with criterion `hot_path`: `ingest/split_and_view` 33.4 → 24.3–26.3 µs
+    // per 100 spans (`ingest/split` 18.2 → 16.0–16.6 µs).
+    #[inline(always)]
     fn read(&mut self) -> Result<Field<'a>, WireError> {
         let start = self.buf;
         // A key above 32 bits (a field number of 2^29 or more) is malformed, as in prost.
@@ -173,7 +177,7 @@ impl<'a> Fields<'a> {
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<Field<'a>, WireError>;
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() {
             return None;
