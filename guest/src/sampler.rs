@@ -4,11 +4,12 @@
 
 use hashbrown::HashMap;
 use hashbrown::hash_map::Entry;
-use tracekeeper_abi::{BatchReader, DecisionWriter, Record, SpanView, TraceId};
+use tracekeeper_abi::{BatchReader, DecisionWriter, LayoutError, Record, SpanView, TraceId};
 
 use crate::completeness::{self, Tracker};
 use crate::config::ProcessorsConfig;
 use crate::interest::Interest;
+use crate::policy::predicate::BatchScope;
 use crate::policy::{Engine, TraceFacts, engine};
 use crate::schedule::{DueQueue, Lane};
 use crate::trace::PendingTrace;
@@ -127,17 +128,9 @@ impl Sampler {
                 }
                 Record::Span(span) => {
                     let service = services.get(span.fixed.resource as usize).copied();
-                    self.add_span(&span, service.unwrap_or(""), now, &reader);
-                    if self.engine.watches_spans()
-                        && let Some(trace) = self.traces.get_mut(&span.fixed.trace_id)
-                    {
-                        self.engine
-                            .observe_span(&mut scope, &span, &mut trace.matches)
-                            .map_err(malformed)?;
-                        if self.engine.oversized(trace) {
-                            oversized.push(span.fixed.trace_id);
-                        }
-                    }
+                    let service = service.unwrap_or("");
+                    self.add_span(&span, service, now, &reader, &mut scope, &mut oversized)
+                        .map_err(malformed)?;
                 }
             }
         }
@@ -173,9 +166,19 @@ impl Sampler {
         Ok(self.tick_into(DecisionWriter::new(), now))
     }
 
-    /// Records one span; `rest` reads the batch's records after it (a new trace's span-id list
+    /// Records one span and lets the policies observe it (`scope`: the batch's policy state; a
+    /// trace grown past `maximum_trace_size_bytes` is added to `oversized`). One look-up of the
+    /// trace serves both. `rest` reads the batch's records after it (a new trace's span-id list
     /// is sized for the run of its spans that follows).
-    fn add_span(&mut self, span: &SpanView<'_>, service: &str, now: u64, rest: &BatchReader<'_>) {
+    fn add_span<'a>(
+        &mut self,
+        span: &SpanView<'a>,
+        service: &str,
+        now: u64,
+        rest: &BatchReader<'_>,
+        scope: &mut BatchScope<'a>,
+        oversized: &mut Vec<TraceId>,
+    ) -> Result<(), LayoutError> {
         let id = span.fixed.trace_id;
         let trace = match self.traces.entry(id) {
             Entry::Occupied(o) => o.into_mut(),
@@ -201,6 +204,13 @@ impl Sampler {
                 self.queue.push(Lane::AfterRoot, due, id);
             }
         }
+        if self.engine.watches_spans() {
+            self.engine.observe_span(scope, span, &mut trace.matches)?;
+            if self.engine.oversized(trace) {
+                oversized.push(id);
+            }
+        }
+        Ok(())
     }
 
     /// Decides every trace due at `now` (due time <= `now`), earliest first.
