@@ -4,7 +4,8 @@
 //!
 //! Beyond "no panic": whatever the walker accepts must also be accepted by prost (a stricter
 //! downstream decoder must never choke on what tracekeeper forwards), the views built from it
-//! must read back whole, and the re-encoded export request must decode with every span.
+//! must read back whole and equal the views built from the attributes the checking walk picked
+//! (what the receivers do), and the re-encoded export request must decode with every span.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tracekeeper::export::builder::ExportBuilder;
-use tracekeeper::otlp::request::parse_request;
+use tracekeeper::otlp::request::{parse_request, parse_request_with};
 use tracekeeper::otlp::view::{Interest, ViewBuilder};
 use tracekeeper::tags::TraceTags;
 use tracekeeper_abi::{Completeness, ThresholdOp};
@@ -38,6 +39,19 @@ fuzz_target!(|data: &[u8]| {
     }
     let n = view.span_count();
     assert_eq!(n, parsed.spans.len());
+    let Ok(picked) = parse_request_with(data, &interest) else {
+        panic!("a request accepted without an interest is refused with one");
+    };
+    let mut from_picks = ViewBuilder::new();
+    for s in &picked.spans {
+        let group = &picked.groups[s.group];
+        from_picks.add_picked(&interest, group, s.bytes, &s.info, picked.picks_of(s), |_| true);
+    }
+    assert_eq!(
+        from_picks.as_bytes(),
+        view.as_bytes(),
+        "views from the picked attributes"
+    );
     let batch = view.into_bytes();
     match tracekeeper_fuzz::walk_batch(&batch) {
         Ok(spans) => assert_eq!(spans, n, "span records in the view"),

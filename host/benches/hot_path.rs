@@ -4,8 +4,8 @@
 //! * `floor/prost_decode_encode`: `ExportTraceServiceRequest` decode + encode (the floor the
 //!   end-to-end benchmark divides by);
 //! * `ingest/split`: the wire walk that checks the request and splits it into spans;
-//! * `ingest/split_and_view`: the same plus the span-view batch for the default guest's interest
-//!   (what a receiver does per request);
+//! * `ingest/split_and_view`: the same walk also picking the attributes of the default guest's
+//!   interest, plus the span-view batch built from them (what a receiver does per request);
 //! * `ingest/buffer`: copying the spans into the trace buffer, a trace's consecutive spans as
 //!   one run as the worker does, and removing their traces again (what the worker does per span
 //!   before and after the decision);
@@ -41,7 +41,7 @@ use prost::Message;
 use tracekeeper::buffer::TraceBuffer;
 use tracekeeper::config::{Config, DEFAULT_CONFIG};
 use tracekeeper::export::builder::ExportBuilder;
-use tracekeeper::otlp::request::{Group, parse_request};
+use tracekeeper::otlp::request::{Group, parse_request, parse_request_with};
 use tracekeeper::otlp::view::{Interest, ViewBuilder};
 use tracekeeper::tags::TraceTags;
 use tracekeeper_abi::{Completeness, ThresholdOp, TraceId};
@@ -164,10 +164,19 @@ fn benches(c: &mut Criterion) {
 
     g.bench_function("ingest/split_and_view", |b| {
         b.iter(|| {
-            let parsed = parse_request(&body).unwrap();
+            // As the receivers do: the walk that checks the request picks the attributes.
+            let parsed = parse_request_with(&body, &interest).unwrap();
             let mut view = ViewBuilder::new();
             for s in &parsed.spans {
-                view.add(&interest, &parsed.groups[s.group], s.bytes, &s.info);
+                let picks = parsed.picks_of(s);
+                view.add_picked(
+                    &interest,
+                    &parsed.groups[s.group],
+                    s.bytes,
+                    &s.info,
+                    picks,
+                    |_| true,
+                );
             }
             std::hint::black_box(view.into_bytes())
         })

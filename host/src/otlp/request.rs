@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tracekeeper_abi::{SpanId, TraceId};
 
+use super::view::{Interest, Pick};
 use super::wire::{Field, Fields, MAX_NESTING, WireError, short_key_value, short_string_value};
 
 // Field numbers of the OTLP trace protos (opentelemetry-proto, trace/v1 and common/v1).
@@ -104,6 +105,11 @@ pub struct SpanInfo<'a> {
     /// first such field to the end of the last (0..0 when it has none), so that the view
     /// builder walks only that part (other fields in between are skipped as usual).
     pub details: (u32, u32),
+    /// The span has links or events.
+    pub links_or_events: bool,
+    /// Where its attributes picked for an interest are in [`ParsedRequest::picks`] (start,
+    /// end; empty when parsed without an interest).
+    pub picks: (u32, u32),
 }
 
 /// One span of a request.
@@ -128,6 +134,17 @@ pub struct ParsedRequest<'a> {
     pub rejected: u64,
     /// Why the first rejected span was rejected.
     pub reject_reason: Option<String>,
+    /// The span attributes the interest given to [`parse_request_with`] selects, of every
+    /// accepted span, in order.
+    pub picks: Vec<Pick<'a>>,
+}
+
+impl<'a> ParsedRequest<'a> {
+    /// The attributes picked of `span` (one of [`ParsedRequest::spans`]).
+    pub fn picks_of(&self, span: &RequestSpan<'a>) -> &[Pick<'a>] {
+        let (start, end) = span.info.picks;
+        self.picks.get(start as usize..end as usize).unwrap_or(&[])
+    }
 }
 
 /// Why a whole request is refused.
@@ -157,6 +174,22 @@ const TYPICAL_SPAN_BYTES: usize = 256;
 
 /// Splits and checks a request.
 pub fn parse_request(body: &[u8]) -> Result<ParsedRequest<'_>, RequestError> {
+    parse(body, None)
+}
+
+/// [`parse_request`], also picking each span's attributes that `interest` selects as the
+/// walk checks them ([`ParsedRequest::picks`]; see [`crate::otlp::view::ViewBuilder::add_picked`]).
+pub fn parse_request_with<'a>(
+    body: &'a [u8],
+    interest: &Interest,
+) -> Result<ParsedRequest<'a>, RequestError> {
+    parse(body, Some(interest))
+}
+
+fn parse<'a>(
+    body: &'a [u8],
+    interest: Option<&Interest>,
+) -> Result<ParsedRequest<'a>, RequestError> {
     let mut out = ParsedRequest {
         // Sized for spans of [`TYPICAL_SPAN_BYTES`], so a usual request fills its list without
         // growing it (each growth copies what it holds).
@@ -168,12 +201,16 @@ pub fn parse_request(body: &[u8]) -> Result<ParsedRequest<'_>, RequestError> {
         if f.number != REQ_RESOURCE_SPANS {
             continue; // unknown fields were checked for well-formedness by `Fields`
         }
-        parse_resource_spans(f.bytes()?, &mut out)?;
+        parse_resource_spans(f.bytes()?, interest, &mut out)?;
     }
     Ok(out)
 }
 
-fn parse_resource_spans<'a>(rs: &'a [u8], out: &mut ParsedRequest<'a>) -> Result<(), WireError> {
+fn parse_resource_spans<'a>(
+    rs: &'a [u8],
+    interest: Option<&Interest>,
+    out: &mut ParsedRequest<'a>,
+) -> Result<(), WireError> {
     let mut resource_fields = Vec::new();
     let mut scopes = Vec::new();
     for f in Fields::new(rs) {
@@ -203,7 +240,11 @@ fn parse_resource_spans<'a>(rs: &'a [u8], out: &mut ParsedRequest<'a>) -> Result
                 SS_SPANS => {
                     span_fields += 1;
                     let bytes = f.bytes()?;
-                    match parse_span(bytes) {
+                    let picker = interest.map(|interest| Picker {
+                        interest,
+                        picks: &mut out.picks,
+                    });
+                    match parse_span(bytes, picker) {
                         Ok(info) => out.spans.push(RequestSpan { group, bytes, info }),
                         Err(SpanReject::Wire(e)) => return Err(e),
                         Err(SpanReject::Invalid(why)) => {
@@ -244,11 +285,20 @@ fn id<const N: usize>(f: &Field<'_>, what: &str) -> Result<[u8; N], SpanReject> 
 
 /// The fields the host reads of a span already accepted once (its bytes are known good).
 pub fn span_info(bytes: &[u8]) -> Option<SpanInfo<'_>> {
-    parse_span(bytes).ok()
+    parse_span(bytes, None).ok()
 }
 
-/// Reads and checks one encoded span.
-fn parse_span(bytes: &[u8]) -> Result<SpanInfo<'_>, SpanReject> {
+/// Where a span's walk puts the attributes an interest selects.
+struct Picker<'p, 'a> {
+    interest: &'p Interest,
+    picks: &'p mut Vec<Pick<'a>>,
+}
+
+/// Reads and checks one encoded span (and picks its attributes, with a `picker`).
+fn parse_span<'a>(
+    bytes: &'a [u8],
+    mut picker: Option<Picker<'_, 'a>>,
+) -> Result<SpanInfo<'a>, SpanReject> {
     let mut info = SpanInfo {
         trace_id: TraceId::default(),
         span_id: SpanId::default(),
@@ -261,7 +311,10 @@ fn parse_span(bytes: &[u8]) -> Result<SpanInfo<'_>, SpanReject> {
         status_code: 0,
         flags: 0,
         details: (0, 0),
+        links_or_events: false,
+        picks: (0, 0),
     };
+    let first_pick = picker.as_ref().map_or(0, |p| p.picks.len());
     let mut bad_parent = None;
     let (mut details_start, mut details_end) = (usize::MAX, 0);
     for f in Fields::new(bytes) {
@@ -288,31 +341,49 @@ fn parse_span(bytes: &[u8]) -> Result<SpanInfo<'_>, SpanReject> {
             sf::KIND => info.kind = u8::try_from(f.varint()?).unwrap_or(u8::MAX),
             sf::START => info.start_unix_nano = f.fixed64()?,
             sf::END => info.end_unix_nano = f.fixed64()?,
-            sf::ATTRIBUTES => check_key_value(f.bytes()?, LEVEL_SPAN + 1)?,
+            sf::ATTRIBUTES => {
+                let kv = f.bytes()?;
+                let split = check_key_value_split(kv, LEVEL_SPAN + 1)?;
+                if let Some(p) = picker.as_mut() {
+                    p.interest.pick(kv, split, p.picks);
+                }
+            }
             sf::DROPPED_ATTRIBUTES | sf::DROPPED_EVENTS | sf::DROPPED_LINKS => {
                 f.varint()?;
             }
-            sf::EVENTS => check_event(f.bytes()?)?,
-            sf::LINKS => check_link(f.bytes()?)?,
+            sf::EVENTS => {
+                check_event(f.bytes()?)?;
+                info.links_or_events = true;
+            }
+            sf::LINKS => {
+                check_link(f.bytes()?)?;
+                info.links_or_events = true;
+            }
             sf::STATUS => info.status_code = parse_status(f.bytes()?)?,
             sf::FLAGS => info.flags = (f.fixed32()? & 0xff) as u8,
             _ => {} // unknown fields were checked for well-formedness by `Fields`
         }
     }
-    if info.trace_id.is_zero() {
-        return Err(SpanReject::Invalid(
-            "trace_id is missing or all zero".to_string(),
-        ));
+    let invalid = if info.trace_id.is_zero() {
+        Some("trace_id is missing or all zero".to_string())
+    } else if info.span_id.is_zero() {
+        Some("span_id is missing or all zero".to_string())
+    } else {
+        bad_parent.map(|n| format!("parent_span_id has {n} bytes, want 0 or 8"))
+    };
+    if let Some(why) = invalid {
+        // A rejected span leaves no picks behind.
+        if let Some(p) = picker {
+            p.picks.truncate(first_pick);
+        }
+        return Err(SpanReject::Invalid(why));
     }
-    if info.span_id.is_zero() {
-        return Err(SpanReject::Invalid(
-            "span_id is missing or all zero".to_string(),
-        ));
-    }
-    if let Some(n) = bad_parent {
-        return Err(SpanReject::Invalid(format!(
-            "parent_span_id has {n} bytes, want 0 or 8"
-        )));
+    if let Some(p) = picker {
+        // Picks are bounded by the request's size, which the receivers cap far below 4 GiB.
+        info.picks = (
+            u32::try_from(first_pick).unwrap_or(u32::MAX),
+            u32::try_from(p.picks.len()).unwrap_or(u32::MAX),
+        );
     }
     if details_start < details_end {
         // A span is at most the request's size, which the receivers cap far below 4 GiB.
@@ -441,18 +512,27 @@ fn check_link(b: &[u8]) -> Result<(), WireError> {
 
 /// Checks a `KeyValue` message at nesting `level`.
 fn check_key_value(b: &[u8], level: usize) -> Result<(), WireError> {
+    check_key_value_split(b, level).map(|_| ())
+}
+
+/// A `KeyValue`'s key and value payloads.
+type KeyAndValue<'a> = (&'a [u8], &'a [u8]);
+
+/// [`check_key_value`], giving the key and value payloads when the shortcut read them.
+#[inline]
+fn check_key_value_split(b: &[u8], level: usize) -> Result<Option<KeyAndValue<'_>>, WireError> {
     // The usual attribute, a short string key and a short string value, checked at once: its
     // tags and lengths are below 0x80, so if every byte is ASCII both strings are valid UTF-8.
     // Anything else (or a non-ASCII string, or a level too deep for the value) takes the
     // general walk, which also names the error.
     if level < MAX_NESTING
         && b.is_ascii()
-        && let Some((_, value)) = short_key_value(b)
+        && let Some((key, value)) = short_key_value(b)
         && short_string_value(value).is_some()
     {
-        return Ok(());
+        return Ok(Some((key, value)));
     }
-    check_key_value_walk(b, level)
+    check_key_value_walk(b, level).map(|()| None)
 }
 
 /// [`check_key_value`] for any encoding.

@@ -2,6 +2,8 @@
 //!
 //! Only what the guest's interest names is extracted: attribute values are looked up by key in
 //! the encoded `KeyValue`s and copied into the batch; everything else stays in the span bytes.
+//! The receivers' requests have their span attributes looked up while the wire walk checks them
+//! ([`Pick`]), so only spans with links or events are walked again here.
 
 use std::sync::Arc;
 
@@ -91,6 +93,45 @@ impl Interest {
     }
 }
 
+/// A span attribute the interest selects, found by the wire walk that checks the request
+/// ([`crate::otlp::request::parse_request_with`]), so the view builder need not walk the span's
+/// attributes again.
+#[derive(Debug, Clone, Copy)]
+pub struct Pick<'a> {
+    /// The key's index in the interest's list; `None` writes the key inline (every span
+    /// attribute wanted).
+    index: Option<u16>,
+    key: &'a [u8],
+    /// The encoded `AnyValue`.
+    value: &'a [u8],
+}
+
+impl Interest {
+    /// Adds a span attribute (`kv`, an encoded `KeyValue` the wire walk has checked; `split`,
+    /// its key and value if the walk read them) to `out` if this interest selects it.
+    #[inline]
+    pub fn pick<'a>(
+        &self,
+        kv: &'a [u8],
+        split: Option<(&'a [u8], &'a [u8])>,
+        out: &mut Vec<Pick<'a>>,
+    ) {
+        if !self.wants_span_attributes() {
+            return;
+        }
+        let (key, value) = split.unwrap_or_else(|| split_key_value(kv));
+        let index = if self.all_span_attributes {
+            None
+        } else {
+            match self.span_keys.get(key) {
+                Some(i) => Some(i),
+                None => return,
+            }
+        };
+        out.push(Pick { index, key, value });
+    }
+}
+
 /// Accumulates span views for one guest call.
 #[derive(Debug, Default)]
 pub struct ViewBuilder {
@@ -140,6 +181,33 @@ impl ViewBuilder {
         group: &Arc<Group>,
         bytes: &[u8],
         info: &SpanInfo,
+        keep: impl FnMut(&TraceId) -> bool,
+    ) {
+        self.add_span(interest, group, bytes, info, None, keep);
+    }
+
+    /// [`ViewBuilder::add_with_links`] for a span whose selected attributes the wire walk
+    /// already found (`picks`, for the same `interest`): they are written from there, and the
+    /// span's bytes are walked only if it has links or events the interest wants.
+    pub fn add_picked(
+        &mut self,
+        interest: &Interest,
+        group: &Arc<Group>,
+        bytes: &[u8],
+        info: &SpanInfo,
+        picks: &[Pick<'_>],
+        keep: impl FnMut(&TraceId) -> bool,
+    ) {
+        self.add_span(interest, group, bytes, info, Some(picks), keep);
+    }
+
+    fn add_span(
+        &mut self,
+        interest: &Interest,
+        group: &Arc<Group>,
+        bytes: &[u8],
+        info: &SpanInfo,
+        picks: Option<&[Pick<'_>]>,
         mut keep: impl FnMut(&TraceId) -> bool,
     ) {
         let key = Arc::as_ptr(group) as usize;
@@ -176,13 +244,32 @@ impl ViewBuilder {
         };
         let w = &mut self.writer;
         w.begin_span(&fixed, info.name.as_bytes(), info.trace_state.as_bytes());
-        // One walk over the span's fields: attributes are written as they come; links and
-        // events (sections that follow the attributes) are noted and written after.
-        let wants_attributes = interest.wants_span_attributes();
+        // One walk over the span's fields: attributes are written as they come (unless the
+        // wire walk picked them already); links and events (sections that follow the
+        // attributes) are noted and written after.
         let mut link_fields: Vec<&[u8]> = Vec::new();
         let mut event_fields: Vec<&[u8]> = Vec::new();
         let mut attrs = w.begin_section();
-        if wants_attributes || interest.links || interest.events {
+        let (wants_attributes, walk) = match picks {
+            Some(picks) => {
+                for p in picks {
+                    let slot = match p.index {
+                        Some(i) => Slot::Indexed(i),
+                        None => Slot::Inline(p.key),
+                    };
+                    write_any_value(w, &mut attrs, slot, 0, p.value);
+                }
+                (
+                    false,
+                    info.links_or_events && (interest.links || interest.events),
+                )
+            }
+            None => {
+                let wants = interest.wants_span_attributes();
+                (wants, wants || interest.links || interest.events)
+            }
+        };
+        if walk {
             // Only the part of the span that holds its attributes, events and links (the
             // whole span if that range is somehow out of bounds).
             let (start, end) = info.details;
@@ -358,7 +445,7 @@ fn write_any_value(w: &mut BatchWriter, s: &mut Section, slot: Slot<'_>, depth: 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::otlp::request::span_info;
+    use crate::otlp::request::{parse_request, parse_request_with, span_info};
     use crate::otlp::wire::{put_len_field, put_varint_field};
 
     fn key_value(key: &str, value: &str) -> Vec<u8> {
@@ -441,5 +528,100 @@ mod tests {
         let end = usual.len() as u32;
         put_len_field(&mut usual, sf::STATUS, &[0x18, 0x01]);
         assert_eq!(span_info(&usual).unwrap().details, (first, end));
+    }
+
+    /// An attribute whose value is not a short string (an int, a nested array with a
+    /// non-ASCII string), and one whose key is too long for the wire walk's shortcut.
+    fn unusual_attributes(span: &mut Vec<u8>) {
+        let mut int = Vec::new();
+        put_len_field(&mut int, 1, b"retries");
+        put_len_field(&mut int, 2, &[0x18, 0x07]);
+        put_len_field(span, sf::ATTRIBUTES, &int);
+        let mut item = Vec::new();
+        put_len_field(&mut item, 1, "größe".as_bytes());
+        let mut array = Vec::new();
+        put_len_field(&mut array, 1, &item);
+        let mut any = Vec::new();
+        put_len_field(&mut any, 5, &array);
+        let mut nested = Vec::new();
+        put_len_field(&mut nested, 1, b"last");
+        put_len_field(&mut nested, 2, &any);
+        put_len_field(span, sf::ATTRIBUTES, &nested);
+        let long_key = "k".repeat(200);
+        put_len_field(span, sf::ATTRIBUTES, &key_value(&long_key, "v"));
+    }
+
+    /// Views built from the attributes the checking walk picked equal views built by walking
+    /// each span, for every interest, with spans whose attributes are usual, unusual, scattered
+    /// among links and events, or absent, and with a rejected span (its picks must not leak
+    /// into the next span's).
+    #[test]
+    fn views_from_picks_equal_views_from_the_walk() {
+        let mut unusual = Vec::new();
+        put_len_field(&mut unusual, sf::TRACE_ID, &[3; 16]);
+        put_len_field(&mut unusual, sf::SPAN_ID, &[4; 8]);
+        unusual_attributes(&mut unusual);
+        put_len_field(&mut unusual, sf::ATTRIBUTES, &key_value("first", "b"));
+        let mut rejected = Vec::new();
+        put_len_field(&mut rejected, sf::ATTRIBUTES, &key_value("last", "x"));
+        put_len_field(&mut rejected, sf::SPAN_ID, &[5; 8]);
+        let mut bare = Vec::new();
+        put_len_field(&mut bare, sf::TRACE_ID, &[1; 16]);
+        put_len_field(&mut bare, sf::SPAN_ID, &[6; 8]);
+        let mut scope_spans = Vec::new();
+        for span in [scattered_span(), unusual, rejected, bare, scattered_span()] {
+            put_len_field(&mut scope_spans, 2, &span);
+        }
+        let mut resource_spans = Vec::new();
+        put_len_field(&mut resource_spans, 2, &scope_spans);
+        let mut body = Vec::new();
+        put_len_field(&mut body, 1, &resource_spans);
+
+        let long_key = "k".repeat(200);
+        let key_sets: [Vec<String>; 3] = [
+            vec![],
+            vec!["messaging.system".into(), "last".into(), "retries".into()],
+            vec![long_key, "first".into()],
+        ];
+        for keys in &key_sets {
+            for all in [false, true] {
+                for links_and_events in [false, true] {
+                    let interest =
+                        Interest::new(keys, &[], all, false, links_and_events, links_and_events);
+                    let walked = parse_request(&body).unwrap();
+                    let picked = parse_request_with(&body, &interest).unwrap();
+                    assert_eq!(walked.spans.len(), 4);
+                    assert_eq!(picked.spans.len(), 4);
+                    assert_eq!(picked.rejected, 1);
+                    let mut from_walk = ViewBuilder::new();
+                    let mut from_picks = ViewBuilder::new();
+                    for (w, p) in walked.spans.iter().zip(&picked.spans) {
+                        let group = &walked.groups[w.group];
+                        from_walk.add(&interest, group, w.bytes, &w.info);
+                        let picks = picked.picks_of(p);
+                        from_picks.add_picked(&interest, group, p.bytes, &p.info, picks, |_| true);
+                    }
+                    assert_eq!(from_picks.as_bytes(), from_walk.as_bytes());
+                    if keys.is_empty() && !all {
+                        assert!(picked.picks.is_empty());
+                    }
+                }
+            }
+        }
+        // Something was picked, and only the selected keys.
+        let interest = Interest::new(&key_sets[1], &[], false, false, false, false);
+        let picked = parse_request_with(&body, &interest).unwrap();
+        let keys: Vec<&[u8]> = picked.picks.iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                &b"messaging.system"[..],
+                b"last",
+                b"retries",
+                b"last",
+                b"messaging.system",
+                b"last"
+            ]
+        );
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::backpressure::{Delivery, MAX_QUEUED_BYTES, Pressure, QueuedBytes, Refusal, enqueue};
-use crate::otlp::request::parse_request;
+use crate::otlp::request::parse_request_with;
 use crate::otlp::view::{Interest, ViewBuilder};
 use crate::shard::{ShardStates, shard_of};
 use crate::telemetry::{Metrics, ProtocolLabel, ReasonLabel};
@@ -102,16 +102,19 @@ impl Ingest {
         };
         let ticket = Arc::new(ticket);
         let (parts, accepted) = {
-            let parsed = parse_request(&body).map_err(|e| IngestError::Malformed(e.to_string()))?;
             let interest = match self.interest.read() {
                 Ok(i) => Arc::clone(&i),
                 Err(poisoned) => Arc::clone(&poisoned.into_inner()),
             };
+            // The walk that checks the request also picks the attributes the guest wants.
+            let parsed = parse_request_with(&body, &interest)
+                .map_err(|e| IngestError::Malformed(e.to_string()))?;
             let mut parts: Vec<Part> = (0..self.workers.len()).map(|_| Part::default()).collect();
             for s in &parsed.spans {
                 let Some(group) = parsed.groups.get(s.group) else {
                     continue;
                 };
+                let picks = parsed.picks_of(s);
                 let owner = shard_of(&s.info.trace_id, count);
                 let Some(part) = parts.get_mut(owner as usize) else {
                     continue;
@@ -119,10 +122,11 @@ impl Ingest {
                 // Bit k: a link points into a trace of worker k (not the owner).
                 let mut elsewhere = 0u64;
                 if count == 1 || !interest.wants_links() {
-                    part.view.add(&interest, group, s.bytes, &s.info);
+                    part.view
+                        .add_picked(&interest, group, s.bytes, &s.info, picks, |_| true);
                 } else {
                     part.view
-                        .add_with_links(&interest, group, s.bytes, &s.info, |t| {
+                        .add_picked(&interest, group, s.bytes, &s.info, picks, |t| {
                             let k = shard_of(t, count);
                             elsewhere |= 1u64 << (k % 64);
                             k == owner
@@ -138,11 +142,12 @@ impl Ingest {
                     let k = elsewhere.trailing_zeros();
                     elsewhere &= elsewhere - 1;
                     if let Some(p) = parts.get_mut(k as usize) {
-                        p.links.get_or_insert_with(ViewBuilder::new).add_with_links(
+                        p.links.get_or_insert_with(ViewBuilder::new).add_picked(
                             &interest,
                             group,
                             s.bytes,
                             &s.info,
+                            picks,
                             |t| shard_of(t, count) == k,
                         );
                     }
