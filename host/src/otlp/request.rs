@@ -317,7 +317,8 @@ fn parse_span<'a>(
     let first_pick = picker.as_ref().map_or(0, |p| p.picks.len());
     let mut bad_parent = None;
     let (mut details_start, mut details_end) = (usize::MAX, 0);
-    for f in Fields::new(bytes) {
+    let mut fields = Fields::new(bytes);
+    while let Some(f) = fields.next() {
         let f = f?;
         if matches!(f.number, sf::ATTRIBUTES | sf::EVENTS | sf::LINKS) {
             // Offsets of the field in `bytes` (it is a sub-slice of it).
@@ -342,11 +343,21 @@ fn parse_span<'a>(
             sf::START => info.start_unix_nano = f.fixed64()?,
             sf::END => info.end_unix_nano = f.fixed64()?,
             sf::ATTRIBUTES => {
-                let kv = f.bytes()?;
-                let split = check_key_value_split(kv, LEVEL_SPAN + 1)?;
-                if let Some(p) = picker.as_mut() {
-                    p.interest.pick(kv, split, p.picks);
+                let mut kv = f.bytes()?;
+                loop {
+                    let split = check_key_value_split(kv, LEVEL_SPAN + 1)?;
+                    if let Some(p) = picker.as_mut() {
+                        p.interest.pick(kv, split, p.picks);
+                    }
+                    // The attributes that follow in a row (as encoders write them) are taken
+                    // here, without the dispatch on each field's number.
+                    match fields.next_short_len(ATTRIBUTES_TAG) {
+                        Some(next) => kv = next,
+                        None => break,
+                    }
                 }
+                let end = (fields.rest().as_ptr() as usize).wrapping_sub(bytes.as_ptr() as usize);
+                details_end = details_end.max(end);
             }
             sf::DROPPED_ATTRIBUTES | sf::DROPPED_EVENTS | sf::DROPPED_LINKS => {
                 f.varint()?;
@@ -418,6 +429,9 @@ const LEVEL_RESOURCE: usize = 2;
 const LEVEL_SCOPE: usize = 3;
 const LEVEL_SPAN: usize = 3;
 const LEVEL_EVENT: usize = 4;
+
+/// The one-byte tag of a span's `attributes` (field 9, length-delimited).
+const ATTRIBUTES_TAG: u8 = (sf::ATTRIBUTES as u8) << 3 | super::wire::LEN;
 
 // Field numbers of the common and resource protos that the walker checks.
 const RESOURCE_DROPPED_ATTRIBUTES: u32 = 2;
@@ -873,6 +887,62 @@ mod tests {
 
     /// A request whose one span has `payload` appended as field `field` (a length-delimited
     /// field: the cases put the wrong type inside it, or it is itself the wrong type).
+    /// Attributes in runs (taken without the general dispatch) and alone, around other
+    /// fields: every one is checked and picked, and the details range spans them all.
+    #[test]
+    fn attribute_runs_are_checked_and_picked_like_single_attributes() {
+        use crate::otlp::wire::put_len_field;
+        let kv = |key: &str, value: &[u8]| {
+            let mut any = Vec::new();
+            put_len_field(&mut any, 1, value);
+            let mut out = Vec::new();
+            put_len_field(&mut out, 1, key.as_bytes());
+            put_len_field(&mut out, 2, &any);
+            out
+        };
+        let attributes = |span: &mut Vec<u8>, keys: &[&str]| {
+            for k in keys {
+                put_len_field(span, sf::ATTRIBUTES, &kv(k, b"v"));
+            }
+        };
+        let mut span = Vec::new();
+        put_len_field(&mut span, sf::TRACE_ID, &[1; 16]);
+        let first = span.len() as u32;
+        attributes(&mut span, &["a", "b", "c"]);
+        put_len_field(&mut span, sf::SPAN_ID, &[2; 8]);
+        attributes(&mut span, &["d"]);
+        put_len_field(&mut span, sf::ATTRIBUTES, &kv("long", &[b'x'; 200]));
+        attributes(&mut span, &["e", "f"]);
+        let end = span.len() as u32;
+        put_len_field(&mut span, sf::NAME, b"n");
+        let interest = Interest::new(&[], &[], true, false, false, false);
+        let body = wrap(&span, &[], &[]);
+        let parsed = parse_request_with(&body, &interest).unwrap();
+        assert_eq!(parsed.spans.len(), 1);
+        let info = parsed.spans[0].info;
+        assert_eq!(info.details, (first, end));
+        assert_eq!(info.span_id, SpanId([2; 8]));
+        assert_eq!(info.name, "n");
+        assert_eq!(parsed.picks_of(&parsed.spans[0]).len(), 7);
+
+        // A malformed attribute inside a run refuses the request, as it does alone.
+        for at in 0..3 {
+            let mut span = Vec::new();
+            put_len_field(&mut span, sf::TRACE_ID, &[1; 16]);
+            put_len_field(&mut span, sf::SPAN_ID, &[2; 8]);
+            for i in 0..3 {
+                let value: &[u8] = if i == at { &[0xff] } else { b"v" };
+                put_len_field(&mut span, sf::ATTRIBUTES, &kv("k", value));
+            }
+            let body = wrap(&span, &[], &[]);
+            let refused = parse_request(&body);
+            assert!(
+                matches!(refused, Err(RequestError::Wire(WireError::BadUtf8(1)))),
+                "bad attribute {at}: {refused:?}"
+            );
+        }
+    }
+
     fn span_with_field(field: u32, payload: &[u8]) -> Vec<u8> {
         let mut s = span(1, 2, None).encode_to_vec();
         crate::otlp::wire::put_len_field(&mut s, field, payload);

@@ -174,6 +174,29 @@ impl<'a> Fields<'a> {
     }
 }
 
+impl<'a> Fields<'a> {
+    /// The payload of the next field if it is the length-delimited field whose one-byte tag is
+    /// `tag` and its length fits one byte (the usual encoding of a short repeated message, such
+    /// as a span's attributes); otherwise `None`, and nothing is consumed. Lets a walk take a
+    /// run of such fields without dispatching on each field's number.
+    #[inline(always)]
+    pub fn next_short_len(&mut self, tag: u8) -> Option<&'a [u8]> {
+        match self.buf {
+            [t, len, rest @ ..] if *t == tag && *len < 0x80 && rest.len() >= usize::from(*len) => {
+                let (payload, rest) = rest.split_at(usize::from(*len));
+                self.buf = rest;
+                Some(payload)
+            }
+            _ => None,
+        }
+    }
+
+    /// What has not been read yet.
+    pub fn rest(&self) -> &'a [u8] {
+        self.buf
+    }
+}
+
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<Field<'a>, WireError>;
 
@@ -373,5 +396,35 @@ mod tests {
         assert!(r.is_err());
         let r: Result<Vec<_>, _> = Fields::new(&[0x00, 0x00]).collect(); // field 0
         assert_eq!(r.unwrap_err(), WireError::BadTag);
+    }
+
+    #[test]
+    fn a_run_of_short_fields_is_taken_up_to_the_first_other_field() {
+        let tag = (9 << 3) | LEN;
+        let mut msg = Vec::new();
+        put_len_field(&mut msg, 9, b"one");
+        put_len_field(&mut msg, 9, b"two");
+        put_len_field(&mut msg, 9, &[7; 200]); // a two-byte length
+        put_len_field(&mut msg, 9, b"four");
+        put_len_field(&mut msg, 5, b"name");
+        let mut fields = Fields::new(&msg);
+        assert_eq!(fields.next_short_len(tag), Some(&b"one"[..]));
+        assert_eq!(fields.next_short_len(tag), Some(&b"two"[..]));
+        // Not taken, nothing consumed: the general reader reads it.
+        assert_eq!(fields.next_short_len(tag), None);
+        let long = fields.next().and_then(Result::ok).map(|f| f.bytes());
+        assert_eq!(long, Some(Ok(&[7; 200][..])));
+        assert_eq!(fields.next_short_len(tag), Some(&b"four"[..]));
+        assert_eq!(fields.next_short_len(tag), None);
+        assert_eq!(fields.rest(), &msg[msg.len() - 6..]);
+        // A length past the end is not taken either: the general reader reports it.
+        let truncated = [tag, 5, b'a'];
+        let mut fields = Fields::new(&truncated);
+        assert_eq!(fields.next_short_len(tag), None);
+        assert_eq!(fields.rest(), &truncated[..]);
+        assert_eq!(
+            fields.next().map(|f| f.err()),
+            Some(Some(WireError::Truncated))
+        );
     }
 }
