@@ -885,8 +885,6 @@ mod tests {
         }
     }
 
-    /// A request whose one span has `payload` appended as field `field` (a length-delimited
-    /// field: the cases put the wrong type inside it, or it is itself the wrong type).
     /// Attributes in runs (taken without the general dispatch) and alone, around other
     /// fields: every one is checked and picked, and the details range spans them all.
     #[test]
@@ -943,6 +941,8 @@ mod tests {
         }
     }
 
+    /// A request whose one span has `payload` appended as field `field` (a length-delimited
+    /// field: the cases put the wrong type inside it, or it is itself the wrong type).
     fn span_with_field(field: u32, payload: &[u8]) -> Vec<u8> {
         let mut s = span(1, 2, None).encode_to_vec();
         crate::otlp::wire::put_len_field(&mut s, field, payload);
