@@ -11,7 +11,10 @@ use std::sync::Arc;
 use tracekeeper_abi::{SpanId, TraceId};
 
 use super::view::{Interest, Pick};
-use super::wire::{Field, Fields, MAX_NESTING, WireError, short_key_value, short_string_value};
+use super::wire::{
+    FIXED64, Field, Fields, LEN, MAX_NESTING, VARINT, WireError, short_key_value,
+    short_string_value,
+};
 
 // Field numbers of the OTLP trace protos (opentelemetry-proto, trace/v1 and common/v1).
 const REQ_RESOURCE_SPANS: u32 = 1;
@@ -297,7 +300,74 @@ struct Picker<'p, 'a> {
 /// Reads and checks one encoded span (and picks its attributes, with a `picker`).
 fn parse_span<'a>(
     bytes: &'a [u8],
+    picker: Option<Picker<'_, 'a>>,
+) -> Result<SpanInfo<'a>, SpanReject> {
+    parse_span_from(bytes, picker, true)
+}
+
+/// The one-byte tag of span field `number` (below 16) with wire type `wire_type`.
+const fn tag(number: u32, wire_type: u8) -> u8 {
+    (number as u8) << 3 | wire_type
+}
+
+/// The next field's payload if it is the short length-delimited field `tag` and `read`
+/// accepts it; otherwise `None`, and nothing is consumed.
+#[inline(always)]
+fn take_short<'a, T>(
+    fields: &mut Fields<'a>,
+    tag: u8,
+    read: impl FnOnce(&'a [u8]) -> Option<T>,
+) -> Option<T> {
+    let mut ahead = fields.clone();
+    let value = ahead.next_short_len(tag).and_then(read)?;
+    *fields = ahead;
+    Some(value)
+}
+
+/// Reads a span's leading fields while they come in field-number order (as encoders write
+/// them) and are valid, without the dispatch on each field's number: ids, `trace_state`, the
+/// parent, name, kind and times. It stops at the first field that is not the next one expected
+/// (or not valid), which the general walk then reads like any other, reporting its errors; the
+/// fields taken here are the first ones of the span, in order, so the result is the same.
+#[inline(always)]
+fn read_usual_prefix<'a>(fields: &mut Fields<'a>, info: &mut SpanInfo<'a>) {
+    if let Some(t) = take_short(fields, tag(sf::TRACE_ID, LEN), |p| p.try_into().ok()) {
+        info.trace_id = TraceId(t);
+    }
+    if let Some(s) = take_short(fields, tag(sf::SPAN_ID, LEN), |p| p.try_into().ok()) {
+        info.span_id = SpanId(s);
+    }
+    if let Some(ts) = take_short(fields, tag(sf::TRACE_STATE, LEN), |p| {
+        std::str::from_utf8(p).ok()
+    }) {
+        info.trace_state = ts;
+    }
+    if let Some(p) = take_short(fields, tag(sf::PARENT_SPAN_ID, LEN), |p| match p.len() {
+        0 => Some([0; 8]),
+        _ => p.try_into().ok(),
+    }) {
+        info.parent_span_id = SpanId(p);
+    }
+    if let Some(name) = take_short(fields, tag(sf::NAME, LEN), |p| std::str::from_utf8(p).ok()) {
+        info.name = name;
+    }
+    if let Some(kind) = fields.next_short_varint(tag(sf::KIND, VARINT)) {
+        info.kind = kind;
+    }
+    if let Some(start) = fields.next_fixed64(tag(sf::START, FIXED64)) {
+        info.start_unix_nano = start;
+    }
+    if let Some(end) = fields.next_fixed64(tag(sf::END, FIXED64)) {
+        info.end_unix_nano = end;
+    }
+}
+
+/// [`parse_span`], with the fast path for the usual leading fields or (tests) without.
+#[inline(always)]
+fn parse_span_from<'a>(
+    bytes: &'a [u8],
     mut picker: Option<Picker<'_, 'a>>,
+    usual_prefix: bool,
 ) -> Result<SpanInfo<'a>, SpanReject> {
     let mut info = SpanInfo {
         trace_id: TraceId::default(),
@@ -318,6 +388,9 @@ fn parse_span<'a>(
     let mut bad_parent = None;
     let (mut details_start, mut details_end) = (usize::MAX, 0);
     let mut fields = Fields::new(bytes);
+    if usual_prefix {
+        read_usual_prefix(&mut fields, &mut info);
+    }
     while let Some(f) = fields.next() {
         let f = f?;
         if matches!(f.number, sf::ATTRIBUTES | sf::EVENTS | sf::LINKS) {
@@ -431,7 +504,7 @@ const LEVEL_SPAN: usize = 3;
 const LEVEL_EVENT: usize = 4;
 
 /// The one-byte tag of a span's `attributes` (field 9, length-delimited).
-const ATTRIBUTES_TAG: u8 = (sf::ATTRIBUTES as u8) << 3 | super::wire::LEN;
+const ATTRIBUTES_TAG: u8 = tag(sf::ATTRIBUTES, LEN);
 
 // Field numbers of the common and resource protos that the walker checks.
 const RESOURCE_DROPPED_ATTRIBUTES: u32 = 2;
@@ -939,6 +1012,70 @@ mod tests {
                 "bad attribute {at}: {refused:?}"
             );
         }
+    }
+
+    /// The fast path for the usual leading fields reads every span as the general walk alone
+    /// does, valid or not: spans in the usual order, with fields absent, too long for the fast
+    /// path, invalid, out of order or repeated, and every one of them mutated and cut.
+    #[test]
+    fn the_usual_prefix_reads_spans_as_the_general_walk_does() {
+        use crate::otlp::wire::{put_len_field, put_varint_field};
+        let mut cases = Vec::new();
+        let mut with = |edit: &dyn Fn(&mut Span)| {
+            let mut s = span(1, 2, Some(3));
+            edit(&mut s);
+            cases.push(s.encode_to_vec());
+        };
+        with(&|_| {});
+        with(&|s| s.parent_span_id.clear());
+        with(&|s| s.trace_state = "th=8".into());
+        with(&|s| s.trace_state = "k=".repeat(100));
+        with(&|s| s.name = "gr\u{f6}\u{df}e".into());
+        with(&|s| s.name = "n".repeat(200));
+        with(&|s| s.kind = 300);
+        with(&|s| s.kind = -1);
+        with(&|s| s.start_time_unix_nano = 0);
+        with(&|s| s.trace_id = vec![1; 15]);
+        with(&|s| s.span_id.clear());
+        with(&|s| s.parent_span_id = vec![3; 7]);
+        with(&|s| s.flags = 0x301);
+        // Out of order, repeated, invalid UTF-8.
+        let mut odd = Vec::new();
+        put_len_field(&mut odd, sf::NAME, b"first");
+        put_len_field(&mut odd, sf::TRACE_ID, &[1; 16]);
+        put_len_field(&mut odd, sf::SPAN_ID, &[2; 8]);
+        put_len_field(&mut odd, sf::NAME, b"second");
+        put_varint_field(&mut odd, sf::KIND, 3);
+        put_len_field(&mut odd, sf::TRACE_ID, &[4; 16]);
+        cases.push(odd);
+        let mut bad_name = Vec::new();
+        put_len_field(&mut bad_name, sf::TRACE_ID, &[1; 16]);
+        put_len_field(&mut bad_name, sf::SPAN_ID, &[2; 8]);
+        put_len_field(&mut bad_name, sf::NAME, &[0xff, 0xfe]);
+        cases.push(bad_name);
+        let base = cases.clone();
+        for case in &base {
+            for cut in 0..case.len() {
+                cases.push(case[..cut].to_vec());
+            }
+            for i in 0..case.len().min(64) {
+                for b in [
+                    0x00, 0x01, 0x08, 0x0a, 0x10, 0x12, 0x2a, 0x39, 0x7f, 0x80, 0xff,
+                ] {
+                    let mut m = case.clone();
+                    m[i] = b;
+                    cases.push(m);
+                }
+            }
+        }
+        let mut accepted = 0;
+        for case in &cases {
+            let fast = parse_span_from(case, None, true);
+            let general = parse_span_from(case, None, false);
+            assert_eq!(format!("{fast:?}"), format!("{general:?}"), "{case:02x?}");
+            accepted += usize::from(fast.is_ok());
+        }
+        assert!(accepted > 100, "{accepted} of {} accepted", cases.len());
     }
 
     /// A request whose one span has `payload` appended as field `field` (a length-delimited

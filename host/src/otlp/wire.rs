@@ -191,6 +191,32 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// The value of the next field if it is the varint field whose one-byte tag is `tag` and
+    /// the value fits one byte; otherwise `None`, and nothing is consumed.
+    #[inline(always)]
+    pub fn next_short_varint(&mut self, tag: u8) -> Option<u8> {
+        match self.buf {
+            [t, v, rest @ ..] if *t == tag && *v < 0x80 => {
+                self.buf = rest;
+                Some(*v)
+            }
+            _ => None,
+        }
+    }
+
+    /// The value of the next field if it is the 64-bit field whose one-byte tag is `tag`;
+    /// otherwise `None`, and nothing is consumed.
+    #[inline(always)]
+    pub fn next_fixed64(&mut self, tag: u8) -> Option<u64> {
+        match self.buf {
+            [t, a, b, c, d, e, f, g, h, rest @ ..] if *t == tag => {
+                self.buf = rest;
+                Some(u64::from_le_bytes([*a, *b, *c, *d, *e, *f, *g, *h]))
+            }
+            _ => None,
+        }
+    }
+
     /// What has not been read yet.
     pub fn rest(&self) -> &'a [u8] {
         self.buf
