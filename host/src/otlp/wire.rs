@@ -172,9 +172,7 @@ impl<'a> Fields<'a> {
             raw: &start[..used],
         })
     }
-}
 
-impl<'a> Fields<'a> {
     /// The payload of the next field if it is the length-delimited field whose one-byte tag is
     /// `tag` and its length fits one byte (the usual encoding of a short repeated message, such
     /// as a span's attributes); otherwise `None`, and nothing is consumed. Lets a walk take a
