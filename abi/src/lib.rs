@@ -44,12 +44,48 @@ pub const KEY_INLINE: u16 = 0xFFFF;
 pub const MAX_VALUE_DEPTH: usize = 8;
 
 /// A 16-byte trace id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+///
+/// Compared and hashed as one integer rather than as a byte array (see [`SpanId`]); ordered
+/// byte by byte.
+#[derive(Clone, Copy, PartialOrd, Ord, Default)]
 pub struct TraceId(pub [u8; 16]);
 
 /// An 8-byte span id.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+///
+/// Compared and hashed as one integer rather than as a byte array: a derived `Hash` feeds the
+/// hasher the array's length and then its bytes, and a derived `==` may call `memcmp`; in the
+/// wasm guest, which looks a trace up for every span, both cost several times what they cost
+/// natively (BENCHMARKS.md, "The guest: wasm component vs native"). Ordered byte by byte.
+#[derive(Clone, Copy, PartialOrd, Ord, Default)]
 pub struct SpanId(pub [u8; 8]);
+
+impl PartialEq for TraceId {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        u128::from_ne_bytes(self.0) == u128::from_ne_bytes(other.0)
+    }
+}
+impl Eq for TraceId {}
+impl core::hash::Hash for TraceId {
+    #[inline]
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_ne_bytes(self.0));
+    }
+}
+
+impl PartialEq for SpanId {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        u64::from_ne_bytes(self.0) == u64::from_ne_bytes(other.0)
+    }
+}
+impl Eq for SpanId {}
+impl core::hash::Hash for SpanId {
+    #[inline]
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from_ne_bytes(self.0));
+    }
+}
 
 impl TraceId {
     /// The low 56 bits, the W3C randomness value when no `rv` is given.
@@ -60,14 +96,14 @@ impl TraceId {
     }
     /// True for the all-zero (invalid) id.
     pub fn is_zero(&self) -> bool {
-        self.0 == [0; 16]
+        u128::from_ne_bytes(self.0) == 0
     }
 }
 
 impl SpanId {
     /// True for the all-zero id, which means "no parent" in a parent field.
     pub fn is_zero(&self) -> bool {
-        self.0 == [0; 8]
+        u64::from_ne_bytes(self.0) == 0
     }
 }
 
@@ -201,4 +237,63 @@ pub(crate) fn put_bytes(buf: &mut Vec<u8>, v: &[u8]) {
     let n = v.len().min(u32::MAX as usize);
     put_u32(buf, n as u32);
     buf.extend_from_slice(&v[..n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::hash::{Hash, Hasher};
+
+    /// Records what an id feeds its hasher.
+    #[derive(Default)]
+    struct Recorder(Vec<u8>);
+
+    impl Hasher for Recorder {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.extend_from_slice(bytes);
+        }
+    }
+
+    fn fed<T: Hash>(v: &T) -> Vec<u8> {
+        let mut r = Recorder::default();
+        v.hash(&mut r);
+        r.0
+    }
+
+    /// Ids that differ in one byte, anywhere, are unequal and feed the hasher different input;
+    /// equal ids are equal and feed it the same; the order stays byte by byte.
+    #[test]
+    fn ids_compare_and_hash_by_every_byte() {
+        let base: [u8; 16] = core::array::from_fn(|i| (i as u8).wrapping_mul(37));
+        let t = TraceId(base);
+        assert_eq!(t, TraceId(base));
+        assert_eq!(fed(&t), fed(&TraceId(base)));
+        for i in 0..16 {
+            for delta in [1u8, 0x80] {
+                let mut other = base;
+                other[i] = other[i].wrapping_add(delta);
+                let o = TraceId(other);
+                assert_ne!(t, o, "byte {i}");
+                assert_ne!(fed(&t), fed(&o), "byte {i}");
+                assert_eq!(t.cmp(&o), base.cmp(&other), "byte {i}");
+            }
+        }
+        let s = SpanId([9, 8, 7, 6, 5, 4, 3, 2]);
+        assert_eq!(s, SpanId([9, 8, 7, 6, 5, 4, 3, 2]));
+        for i in 0..8 {
+            let mut other = s.0;
+            other[i] ^= 0x40;
+            assert_ne!(s, SpanId(other), "byte {i}");
+            assert_ne!(fed(&s), fed(&SpanId(other)), "byte {i}");
+            assert_eq!(s.cmp(&SpanId(other)), s.0.cmp(&other), "byte {i}");
+        }
+        assert!(TraceId([0; 16]).is_zero() && !t.is_zero());
+        assert!(SpanId([0; 8]).is_zero() && !s.is_zero());
+        let mut one = [0u8; 16];
+        one[15] = 1;
+        assert!(!TraceId(one).is_zero());
+    }
 }
