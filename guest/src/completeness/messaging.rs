@@ -64,6 +64,7 @@ pub enum Role {
 /// semantic conventions is the batch send whose messages are its `create` spans (counting it
 /// would leave a producer nobody consumes); `receive`, `process` and the older `deliver`
 /// consume.
+#[inline(always)]
 pub fn classify(kind: u8, operation: Option<&str>) -> Role {
     match kind {
         KIND_PRODUCER => return Role::Producer,
