@@ -346,7 +346,9 @@ impl Tracker {
     }
 
     /// Records one span of trace `id` (already added to `trace`), whose resource has `service`,
-    /// received at `now`.
+    /// received at `now`. Always inlined into the sampler's one call per span (see
+    /// `PendingTrace::add_span`).
+    #[inline(always)]
     pub fn add_span(
         &mut self,
         id: TraceId,

@@ -90,7 +90,10 @@ impl PendingTrace {
         }
     }
 
-    /// Records one span that arrived at `now`.
+    /// Records one span that arrived at `now`. Always inlined into the sampler's one call per
+    /// span, as is the completeness tracker's `add_span`: together 5.5% fewer instructions in
+    /// the guest's `ingest` in wasm, 5.8% natively.
+    #[inline(always)]
     pub fn add_span(&mut self, span: &SpanFixed, trace_state: &str, now: u64) {
         self.span_ids.push(span.span_id);
         if span.parent_span_id.is_zero() {
