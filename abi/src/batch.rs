@@ -10,6 +10,14 @@ use crate::{
 const TAG_RESOURCE: u8 = 1;
 const TAG_SPAN: u8 = 2;
 
+/// Header flag: byte 60 of a span record that starts a run holds the run's length
+/// ([`SpanView::run_len`]).
+const FLAG_RUNS: u16 = 1;
+/// The run length that means "this many or more" (a `u8` saturated).
+const RUN_SATURATED: u8 = u8::MAX;
+/// Offset of the run-length byte in a span record, from its tag.
+const RUN_BYTE_AT: usize = 60;
+
 const V_EMPTY: u8 = 0;
 const V_STR: u8 = 1;
 const V_BOOL: u8 = 2;
@@ -58,6 +66,10 @@ pub struct BatchWriter {
     buf: Vec<u8>,
     resources: u32,
     spans: u32,
+    /// Where the run-length byte of the current run's first span record is (0: no span yet;
+    /// the header takes offsets 0..8), and the run's trace id.
+    run_at: usize,
+    run_trace: TraceId,
 }
 
 /// A section opened by a `begin_*` call: where its header is and how many items it holds.
@@ -81,6 +93,8 @@ impl BatchWriter {
             buf: Vec::new(),
             resources: 0,
             spans: 0,
+            run_at: 0,
+            run_trace: TraceId::default(),
         };
         w.clear();
         w
@@ -91,9 +105,10 @@ impl BatchWriter {
         self.buf.clear();
         self.buf.extend_from_slice(&BATCH_MAGIC);
         put_u16(&mut self.buf, LAYOUT_VERSION);
-        put_u16(&mut self.buf, 0);
+        put_u16(&mut self.buf, FLAG_RUNS);
         self.resources = 0;
         self.spans = 0;
+        self.run_at = 0;
     }
 
     /// Number of span records written.
@@ -116,7 +131,21 @@ impl BatchWriter {
 
     /// Starts a span record: its fixed part, name and `tracestate`. The caller then writes, in
     /// this order, the attribute section, the link section and the event section.
+    ///
+    /// Counts runs: span records of one trace id in a row (resource records between them do
+    /// not break a run) are counted in the first one's byte 60 (saturating at 255), the others
+    /// hold 0 there.
     pub fn begin_span(&mut self, fixed: &SpanFixed, name: &[u8], trace_state: &[u8]) {
+        let run_byte = if self.run_at != 0 && self.run_trace == fixed.trace_id {
+            if let Some(n) = self.buf.get_mut(self.run_at) {
+                *n = n.saturating_add(1);
+            }
+            0
+        } else {
+            self.run_at = self.buf.len() + RUN_BYTE_AT;
+            self.run_trace = fixed.trace_id;
+            1
+        };
         let b = &mut self.buf;
         b.push(TAG_SPAN);
         b.extend_from_slice(&fixed.trace_id.0);
@@ -129,7 +158,7 @@ impl BatchWriter {
         b.push(fixed.kind);
         b.push(fixed.status_code);
         b.push(fixed.flags);
-        b.push(0);
+        b.push(run_byte);
         put_bytes(b, name);
         put_bytes(b, trace_state);
         self.spans += 1;
@@ -277,6 +306,23 @@ pub struct SpanView<'a> {
     pub links: LinkIter<'a>,
     /// Events (empty unless the guest asked for them).
     pub events: EventIter<'a>,
+    /// The run length the host counted, 0 where it did not ([`SpanView::run_len`]).
+    run: u8,
+}
+
+impl SpanView<'_> {
+    /// How many span records of this span's trace follow one another from this one on, this
+    /// one included (resource records between them do not count), as the host counted them
+    /// when it wrote the batch: what a guest needs to size a new trace's lists without reading
+    /// ahead ([`BatchReader::trace_ids_ahead`]). `None` for a span that does not start a run,
+    /// for runs of 255 spans or more, and for batches whose writer did not count runs (header
+    /// flag bit 0 clear).
+    pub fn run_len(&self) -> Option<usize> {
+        match self.run {
+            0 | RUN_SATURATED => None,
+            n => Some(usize::from(n)),
+        }
+    }
 }
 
 /// An attribute key as written by the host.
@@ -452,6 +498,8 @@ section_iter!(EventIter, EventView<'a>, |c| {
 pub struct BatchReader<'a> {
     cur: Cursor<'a>,
     resources: u32,
+    /// Header flag bit 0: the writer counted runs.
+    runs: bool,
 }
 
 impl core::fmt::Debug for Cursor<'_> {
@@ -471,8 +519,12 @@ impl<'a> BatchReader<'a> {
         if version != LAYOUT_VERSION {
             return Err(LayoutError::UnsupportedVersion(version));
         }
-        let _flags = cur.u16()?;
-        Ok(BatchReader { cur, resources: 0 })
+        let flags = cur.u16()?;
+        Ok(BatchReader {
+            cur,
+            resources: 0,
+            runs: flags & FLAG_RUNS != 0,
+        })
     }
 
     fn read_record(&mut self) -> Result<Record<'a>, LayoutError> {
@@ -502,6 +554,7 @@ impl<'a> BatchReader<'a> {
                     status_code: f.u8()?,
                     flags: f.u8()?,
                 };
+                let run = if self.runs { f.u8()? } else { 0 };
                 if fixed.resource >= self.resources {
                     return Err(LayoutError::BadReference);
                 }
@@ -525,6 +578,7 @@ impl<'a> BatchReader<'a> {
                     attributes,
                     links,
                     events,
+                    run,
                 }))
             }
             t => Err(LayoutError::BadTag(t)),
@@ -614,6 +668,138 @@ mod tests {
     use super::*;
     use alloc::string::String;
     use alloc::vec;
+
+    /// Span records of trace `t` (one byte repeated), each preceded by a resource record
+    /// where `resource_before` says so.
+    fn runs_batch(traces: &[u8], resource_before: impl Fn(usize) -> bool) -> Vec<u8> {
+        let mut w = BatchWriter::new();
+        let mut r = 0;
+        for (i, &t) in traces.iter().enumerate() {
+            if i == 0 || resource_before(i) {
+                let (idx, s) = w.begin_resource();
+                w.end_section(s);
+                r = idx;
+            }
+            let fixed = SpanFixed {
+                trace_id: TraceId([t; 16]),
+                resource: r,
+                ..SpanFixed::default()
+            };
+            w.begin_span(&fixed, b"op", b"");
+            for _ in 0..3 {
+                let s = w.begin_section();
+                w.end_section(s);
+            }
+        }
+        w.finish()
+    }
+
+    fn run_lens(bytes: &[u8]) -> Vec<Option<usize>> {
+        BatchReader::new(bytes)
+            .unwrap()
+            .filter_map(|r| match r.unwrap() {
+                Record::Span(s) => Some(s.run_len()),
+                Record::Resource(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_writer_counts_runs_of_a_trace_s_spans() {
+        // A A [resource] A B A: a resource record does not break A's run; B does.
+        let bytes = runs_batch(&[1, 1, 1, 2, 1], |i| i == 2);
+        assert_eq!(bytes[6] & 1, 1, "header flag bit 0: runs counted");
+        assert_eq!(run_lens(&bytes), [Some(3), None, None, Some(1), Some(1)]);
+        // The run is what the look-ahead reads, from the record that starts it.
+        let mut reader = BatchReader::new(&bytes).unwrap();
+        reader.next(); // the resource
+        reader.next(); // A's first span
+        assert_eq!(
+            reader.trace_ids_ahead().take_while(|t| t.0[0] == 1).count(),
+            2
+        );
+        // A run longer than a byte holds is not told; the next run is counted again.
+        let mut long = vec![7u8; 300];
+        long.push(8);
+        let lens = run_lens(&runs_batch(&long, |_| false));
+        assert_eq!(lens[0], None);
+        assert_eq!(lens[300], Some(1));
+        let mut at_limit = vec![7u8; 254];
+        at_limit.push(8);
+        assert_eq!(run_lens(&runs_batch(&at_limit, |_| false))[0], Some(254));
+        // A writer that does not count runs: flag clear, byte 60 ignored.
+        let mut uncounted = runs_batch(&[1, 1], |_| false);
+        uncounted[6] &= !1;
+        assert_eq!(run_lens(&uncounted), [None, None]);
+        // Cleared and reused, the writer starts counting afresh.
+        let mut w = BatchWriter::new();
+        for _ in 0..2 {
+            w.clear();
+            let (r, s) = w.begin_resource();
+            w.end_section(s);
+            let fixed = SpanFixed {
+                trace_id: TraceId([5; 16]),
+                resource: r,
+                ..SpanFixed::default()
+            };
+            w.begin_span(&fixed, b"op", b"");
+            for _ in 0..3 {
+                let s = w.begin_section();
+                w.end_section(s);
+            }
+            assert_eq!(run_lens(w.as_bytes()), [Some(1)]);
+        }
+    }
+
+    /// The worked example of `wit/README.md` §8.7, byte for byte.
+    #[test]
+    fn the_worked_example_of_the_layout_document() {
+        let mut w = BatchWriter::new();
+        let (r, mut s) = w.begin_resource();
+        w.attr_indexed(&mut s, 0).str(b"checkout");
+        w.end_section(s);
+        let fixed = SpanFixed {
+            trace_id: TraceId([
+                0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+                0x47, 0x36,
+            ]),
+            span_id: SpanId([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]),
+            parent_span_id: SpanId::default(),
+            start_unix_nano: 1_700_000_000_000_000_000,
+            end_unix_nano: 1_700_000_000_250_000_000,
+            encoded_len: 87,
+            resource: r,
+            kind: 2,
+            status_code: 0,
+            flags: 1,
+        };
+        w.begin_span(&fixed, b"GET /cart", b"");
+        let mut a = w.begin_section();
+        w.attr_inline(&mut a, b"http.response.status_code").int(200);
+        w.end_section(a);
+        for _ in 0..2 {
+            let s = w.begin_section();
+            w.end_section(s);
+        }
+        let doc = "
+            54 4b 42 31 01 00 01 00 01 01 00 00 00 0f 00 00
+            00 00 00 01 08 00 00 00 63 68 65 63 6b 6f 75 74
+            02 4b f9 2f 35 77 b3 4d a6 a3 ce 92 9d 0e 0e 47
+            36 00 f0 67 aa 0b a9 02 b7 00 00 00 00 00 00 00
+            00 00 00 2a 36 fe 9c 97 17 80 b2 10 45 fe 9c 97
+            17 57 00 00 00 00 00 00 00 02 00 01 01 09 00 00
+            00 47 45 54 20 2f 63 61 72 74 00 00 00 00 01 00
+            00 00 28 00 00 00 ff ff 19 00 00 00 68 74 74 70
+            2e 72 65 73 70 6f 6e 73 65 2e 73 74 61 74 75 73
+            5f 63 6f 64 65 03 c8 00 00 00 00 00 00 00 00 00
+            00 00 00 00 00 00 00 00 00 00 00 00 00 00";
+        let expected: Vec<u8> = doc
+            .split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        assert_eq!(expected.len(), 174);
+        assert_eq!(w.finish(), expected);
+    }
 
     #[test]
     fn trace_ids_ahead_reads_the_span_records_that_follow() {

@@ -43,9 +43,10 @@ const MAX_RUN_AHEAD: usize = 1024;
 /// 1 + the number of spans of trace `id` that `rest` reads before a span of another trace (the
 /// host writes a trace's spans of one request together, so this is usually all of them): the
 /// size of a new trace's span-id list, which would otherwise grow by doubling (16 slots for 10
-/// spans, about 5 bytes per buffered span of the reference load). Reads only the records'
-/// trace ids ([`BatchReader::trace_ids_ahead`]: a full parse here cost 13% of `ingest`); stops
-/// at a record too short to read (the ingest loop reports it) and at [`MAX_RUN_AHEAD`].
+/// spans, about 5 bytes per buffered span of the reference load), where the batch does not
+/// carry it ([`SpanView::run_len`]). Reads only the records' trace ids
+/// ([`BatchReader::trace_ids_ahead`]: a full parse here cost 13% of `ingest`); stops at a
+/// record too short to read (the ingest loop reports it) and at [`MAX_RUN_AHEAD`].
 fn run_of(id: TraceId, rest: &BatchReader<'_>) -> usize {
     1 + rest
         .trace_ids_ahead()
@@ -186,7 +187,10 @@ impl Sampler {
                 let due = now.saturating_add(self.decision_wait);
                 self.queue.push(Lane::Wait, due, id);
                 let mut trace = Box::new(PendingTrace::new(now, due));
-                trace.span_ids.reserve_exact(run_of(id, rest));
+                // The host counts the run when it writes the batch; reading ahead is for
+                // batches it did not count (and runs of 255 spans or more).
+                let run = span.run_len().unwrap_or_else(|| run_of(id, rest));
+                trace.span_ids.reserve_exact(run);
                 v.insert(trace)
             }
         };

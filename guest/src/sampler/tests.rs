@@ -620,11 +620,6 @@ fn malformed_batches_are_errors() {
 
 #[test]
 fn a_new_trace_is_sized_for_the_run_of_its_spans_in_the_batch() {
-    let (mut sampler, _) = Sampler::configure(
-        r#"{"tail_sampling": {"decision_wait": "10s", "policies": [
-            {"name": "all", "type": "always_sample"}]}}"#,
-    )
-    .unwrap();
     let (a, b) = (tid(1), tid(2));
     // A's three spans together, then B's two, then a late one of A (not in A's run).
     let spans = [
@@ -635,14 +630,34 @@ fn a_new_trace_is_sized_for_the_run_of_its_spans_in_the_batch() {
         s(b, 2, 1),
         s(a, 4, 1),
     ];
-    sampler.ingest(&batch(&spans), T0).unwrap();
-    let cap = |t: TraceId| sampler.traces.get(&t).map(|p| p.span_ids.capacity());
-    assert_eq!(cap(b), Some(2));
-    assert!(
-        cap(a).unwrap() >= 4,
-        "A still takes its span out of the run"
-    );
-    assert_eq!(sampler.traces.get(&a).unwrap().span_ids.len(), 4);
+    let counted = batch(&spans);
+    // The same batch as a writer that does not count runs sends it (header flag bit 0 clear,
+    // the run bytes 0): the sampler reads ahead instead.
+    let mut uncounted = counted.clone();
+    uncounted[6] &= !1;
+    let mut reader = BatchReader::new(&uncounted).unwrap();
+    reader.next(); // the resource
+    for _ in &spans {
+        let Some(Ok(Record::Span(span))) = reader.next() else {
+            panic!("a span record")
+        };
+        assert_eq!(span.run_len(), None);
+    }
+    for bytes in [&counted, &uncounted] {
+        let (mut sampler, _) = Sampler::configure(
+            r#"{"tail_sampling": {"decision_wait": "10s", "policies": [
+                {"name": "all", "type": "always_sample"}]}}"#,
+        )
+        .unwrap();
+        sampler.ingest(bytes, T0).unwrap();
+        let cap = |t: TraceId| sampler.traces.get(&t).map(|p| p.span_ids.capacity());
+        assert_eq!(cap(b), Some(2));
+        assert!(
+            cap(a).unwrap() >= 4,
+            "A still takes its span out of the run"
+        );
+        assert_eq!(sampler.traces.get(&a).unwrap().span_ids.len(), 4);
+    }
     // The look-ahead counts spans of the trace up to another trace's span, across resources,
     // and stops at a malformed record.
     let bytes = batch(&spans[3..]);
