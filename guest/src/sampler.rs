@@ -120,19 +120,20 @@ impl Sampler {
             let i = next;
             next += 1;
             let malformed = |e| format!("malformed span batch at record {i}: {e}");
-            match record.map_err(malformed)? {
-                Record::Resource(r) => {
+            match &record {
+                Ok(Record::Resource(r)) => {
                     self.engine
-                        .observe_resource(&mut scope, &r)
+                        .observe_resource(&mut scope, r)
                         .map_err(malformed)?;
-                    services.push(self.completeness.service(r.attributes));
+                    services.push(self.completeness.service(r.attributes.clone()));
                 }
-                Record::Span(span) => {
+                Ok(Record::Span(span)) => {
                     let service = services.get(span.fixed.resource as usize).copied();
                     let service = service.unwrap_or("");
-                    self.add_span(&span, service, now, &reader, &mut scope, &mut oversized)
+                    self.add_span(span, service, now, &reader, &mut scope, &mut oversized)
                         .map_err(malformed)?;
                 }
+                Err(e) => return Err(malformed(*e)),
             }
         }
         // Decided after the batch, so the rest of its spans joined the trace (the host holds
