@@ -631,8 +631,8 @@ fn a_new_trace_is_sized_for_the_run_of_its_spans_in_the_batch() {
         s(a, 4, 1),
     ];
     let counted = batch(&spans);
-    // The same batch as a writer that does not count runs sends it (header flag bit 0 clear,
-    // the run bytes 0): the sampler reads ahead instead.
+    // The same batch with header flag bit 0 clear, as a writer that does not count runs sends
+    // it: the reader ignores byte 60 and the sampler reads ahead instead.
     let mut uncounted = counted.clone();
     uncounted[6] &= !1;
     let mut reader = BatchReader::new(&uncounted).unwrap();
