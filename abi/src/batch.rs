@@ -669,8 +669,23 @@ mod tests {
     use alloc::string::String;
     use alloc::vec;
 
-    /// Span records of trace `t` (one byte repeated), each preceded by a resource record
-    /// where `resource_before` says so.
+    /// Writes a span record of trace `t` (one byte repeated) in resource `r`, with empty
+    /// sections.
+    fn bare_span(w: &mut BatchWriter, t: u8, r: u32) {
+        let fixed = SpanFixed {
+            trace_id: TraceId([t; 16]),
+            resource: r,
+            ..SpanFixed::default()
+        };
+        w.begin_span(&fixed, b"op", b"");
+        for _ in 0..3 {
+            let s = w.begin_section();
+            w.end_section(s);
+        }
+    }
+
+    /// Span records of the traces `traces` names, each preceded by a resource record where
+    /// `resource_before` says so.
     fn runs_batch(traces: &[u8], resource_before: impl Fn(usize) -> bool) -> Vec<u8> {
         let mut w = BatchWriter::new();
         let mut r = 0;
@@ -680,16 +695,7 @@ mod tests {
                 w.end_section(s);
                 r = idx;
             }
-            let fixed = SpanFixed {
-                trace_id: TraceId([t; 16]),
-                resource: r,
-                ..SpanFixed::default()
-            };
-            w.begin_span(&fixed, b"op", b"");
-            for _ in 0..3 {
-                let s = w.begin_section();
-                w.end_section(s);
-            }
+            bare_span(&mut w, t, r);
         }
         w.finish()
     }
@@ -737,16 +743,7 @@ mod tests {
             w.clear();
             let (r, s) = w.begin_resource();
             w.end_section(s);
-            let fixed = SpanFixed {
-                trace_id: TraceId([5; 16]),
-                resource: r,
-                ..SpanFixed::default()
-            };
-            w.begin_span(&fixed, b"op", b"");
-            for _ in 0..3 {
-                let s = w.begin_section();
-                w.end_section(s);
-            }
+            bare_span(&mut w, 5, r);
             assert_eq!(run_lens(w.as_bytes()), [Some(1)]);
         }
     }
