@@ -15,8 +15,9 @@ const TAG_SPAN: u8 = 2;
 const FLAG_RUNS: u16 = 1;
 /// The run length that means "this many or more" (a `u8` saturated).
 const RUN_SATURATED: u8 = u8::MAX;
-/// Offset of the run-length byte in a span record, from its tag.
-const RUN_BYTE_AT: usize = 60;
+/// Offset of the run-length byte in a span record, from its tag: the fixed part's last byte
+/// (byte 60).
+const RUN_BYTE_AT: usize = SPAN_FIXED_LEN;
 
 const V_EMPTY: u8 = 0;
 const V_STR: u8 = 1;
