@@ -328,6 +328,12 @@ impl Tracker {
     #[inline(always)]
     fn messaging_attrs<'a>(&self, attributes: AttrIter<'a>) -> MessagingAttrs<'a> {
         let mut out = MessagingAttrs::default();
+        // Most spans carry none of the attributes the guest asked for: their sections are
+        // empty, and not calling the iterator spares a call per span in wasm (an empty
+        // section's only possible item, a trailing-bytes error, is skipped below anyway).
+        if attributes.is_empty() {
+            return out;
+        }
         for attr in attributes {
             let Ok((key, Value::Str(v))) = attr else {
                 continue;
