@@ -130,8 +130,11 @@ pub async fn run_with_reload(
         &config.service.telemetry.metrics.address,
         "service.telemetry.metrics.address",
     )?;
-    // malloc's free memory back to the system every few seconds, until the very end.
-    tokio::spawn(crate::trim::run(telemetry_shutdown.clone()));
+    // malloc's free memory back to the system every second or few, until the very end.
+    tokio::spawn(crate::trim::run(
+        telemetry_shutdown.clone(),
+        Arc::clone(&metrics),
+    ));
     let telemetry_task = tokio::spawn(telemetry::serve(
         health_addr,
         metrics_addr,

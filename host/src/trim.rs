@@ -1,4 +1,4 @@
-//! Gives the memory that malloc holds free back to the system every few seconds (glibc).
+//! Gives malloc's free memory back to the system, every second while busy (glibc).
 //!
 //! glibc gives each busy thread a heap of its own (an arena) and returns free memory from the
 //! middle of one only when asked to (`malloc_trim`). The receivers' threads churn request bodies
@@ -8,25 +8,44 @@
 //! eleven runs; after one `malloc_trim(0)`, 223–227 MiB. Elsewhere than on glibc this does
 //! nothing.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::shutdown::Shutdown;
+use crate::telemetry::Metrics;
 
-/// How often malloc's free memory is given back.
-pub const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+/// How often malloc's free memory is given back while traces are buffered. Between two trims
+/// the free memory that allocations touch again grows RSS by up to about 12 MiB a second at
+/// 50 000 spans/s (a sawtooth that drops at each trim; BENCHMARKS.md, "Memory: the high
+/// readings"), so the interval bounds that excess: every 5 s it reached 30–60 MiB, 0.2–0.3×
+/// of the buffered spans' size.
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Trims every [`TRIM_INTERVAL`] until `shutdown`; each trim runs on the blocking pool (it
-/// takes each arena's lock in turn while it walks that arena's free lists).
-pub async fn run(shutdown: Shutdown) {
-    let mut tick =
-        tokio::time::interval_at(tokio::time::Instant::now() + TRIM_INTERVAL, TRIM_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// How often while nothing is buffered: an idle sidecar wakes less often. (`malloc_trim`'s
+/// result cannot tell idleness: it reports memory given back whenever a free chunk spans a
+/// page, given back before or not.)
+pub const IDLE_TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
+/// When to trim next, with `traces_in_memory` traces buffered.
+pub fn next_interval(traces_in_memory: i64) -> Duration {
+    if traces_in_memory > 0 {
+        TRIM_INTERVAL
+    } else {
+        IDLE_TRIM_INTERVAL
+    }
+}
+
+/// Trims until `shutdown`, [`TRIM_INTERVAL`] apart while traces are buffered and
+/// [`IDLE_TRIM_INTERVAL`] apart while none are; each trim runs on the blocking pool (it takes
+/// each arena's lock in turn while it walks that arena's free lists).
+pub async fn run(shutdown: Shutdown, metrics: Arc<Metrics>) {
     let stop = shutdown.wait();
     tokio::pin!(stop);
+    let mut wait = next_interval(metrics.traces_in_memory.get());
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         let started = Instant::now();
         let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
@@ -35,6 +54,7 @@ pub async fn run(shutdown: Shutdown) {
             released,
             "malloc_trim"
         );
+        wait = next_interval(metrics.traces_in_memory.get());
     }
 }
 
@@ -102,5 +122,17 @@ mod tests {
             "freeing returned it already: {held} KiB left"
         );
         assert!(released > 32 << 10, "the trim released only {released} KiB");
+    }
+}
+
+#[cfg(test)]
+mod interval_tests {
+    use super::*;
+
+    #[test]
+    fn trims_often_only_while_traces_are_buffered() {
+        assert_eq!(next_interval(1), TRIM_INTERVAL);
+        assert_eq!(next_interval(0), IDLE_TRIM_INTERVAL);
+        assert!(TRIM_INTERVAL < IDLE_TRIM_INTERVAL);
     }
 }
